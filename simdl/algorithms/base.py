@@ -1,0 +1,138 @@
+"""The algorithm protocol: pure ``init``/``step`` functions over stacked (worker-axis) state, like optax's
+``GradientTransformation`` but acting on all n workers at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+
+class Context(NamedTuple):
+    """What an algorithm may use besides its state and gradients at step ``step``.
+
+    Attributes:
+      step: int32 scalar (traced), the 0-based global step index t.
+      key: PRNG key for this step (same for all workers; fold in the worker index for per-worker randomness).
+      topology: the static :class:`simdl.topologies.Topology` (Python object, not traced).
+      mix: ``mix(tree) -> W_t @ tree`` along the worker axis (the step's mixing matrix, fp32-exact).
+      worker_weights: static ``(n,)`` float64 numpy array, each worker's share of the training data (sums to 1);
+        used by size-weighted averaging (FedAvg, Xu 2018).
+    """
+
+    step: jax.Array
+    key: jax.Array
+    topology: Any
+    mix: Callable[[PyTree], PyTree]
+    worker_weights: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.topology.n
+
+
+class Algorithm(NamedTuple):
+    """A decentralized training algorithm as a pair of pure functions over stacked state.
+
+    Attributes:
+      name: factory name (e.g. ``"dsgd"``).
+      init: ``init(stacked_params, ctx) -> state``; ``stacked_params`` leaves have leading axis n (all workers start
+        from the same x⁰); ``ctx`` is the :class:`Context` of step 0 (gives the topology, e.g. the relay tree).
+      step: ``step(state, stacked_grads, ctx) -> (state, aux)``; gradients were evaluated at ``query(state)``.
+        ``aux`` holds at least ``"lr"`` (float32 scalar, the step's learning rate) and ``"bytes_sent"``
+        (float32 ``(n,)``, bytes each worker sent this step).
+      query: ``query(state) -> stacked_params`` where the runner evaluates the stochastic gradients.
+      params: ``params(state) -> stacked_params``, the worker models that are reported and evaluated.
+      hyperparams: JSON-serialisable hyperparameters (recorded in results).
+      requires: static requirements on the topology: ``"connected"``, ``"tree"``, ``"static"``.
+    """
+
+    name: str
+    init: Callable
+    step: Callable
+    query: Callable
+    params: Callable
+    hyperparams: dict
+    requires: frozenset = frozenset({"connected"})
+
+
+def as_schedule(learning_rate) -> optax.Schedule:
+    """Return an optax schedule (``step -> lr``) for a float or a schedule.
+
+    Raises:
+      ValueError: a float learning rate that is not finite and > 0.
+    """
+    if callable(learning_rate):
+        return learning_rate
+    lr = float(learning_rate)
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning_rate must be a finite float > 0 or an optax schedule, got {learning_rate!r}")
+    return optax.constant_schedule(lr)
+
+
+def check_momentum(momentum: float) -> float:
+    """Validate β ∈ [0, 1)."""
+    m = float(momentum)
+    if not 0.0 <= m < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return m
+
+
+def check_nonneg(name: str, value: float) -> float:
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
+    return v
+
+
+def model_bytes(tree) -> int:
+    """Bytes of ONE worker's copy of a stacked pytree (static Python int: leading axis dropped)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return int(sum(np.prod(x.shape[1:], dtype=np.int64) * x.dtype.itemsize for x in leaves))
+
+
+def gossip_bytes(ctx: Context, tree, messages_per_edge: float = 1.0) -> jax.Array:
+    """Bytes each worker sends in one gossip round on ``ctx.topology`` at ``ctx.step``: out-degree × model bytes.
+
+    Returns:
+      float32 ``(n,)``.
+    """
+    topo = ctx.topology
+    degs = np.stack([topo.out_degree(s) for s in range(topo.period)]).astype(np.float32)
+    deg = jnp.asarray(degs[0]) if topo.period == 1 else jnp.asarray(degs)[ctx.step % topo.period]
+    return deg * jnp.float32(model_bytes(tree) * messages_per_edge)
+
+
+def allreduce_bytes(n: int, tree) -> jax.Array:
+    """Bytes per worker of a bandwidth-optimal ring all-reduce: ``2 (n − 1)/n`` model sizes. float32 ``(n,)``."""
+    return jnp.full((n,), 2.0 * (n - 1) / max(n, 1) * model_bytes(tree), jnp.float32)
+
+
+def tree_add(a, b):
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def tree_sub(a, b):
+    return jax.tree_util.tree_map(jnp.subtract, a, b)
+
+
+def tree_scale(s, a):
+    return jax.tree_util.tree_map(lambda x: (s * x).astype(x.dtype), a)
+
+
+def tree_where(mask, a, b):
+    """Select ``a`` where the scalar (or per-worker ``(n,)``) boolean ``mask`` holds, else ``b``."""
+
+    def one(x, y):
+        m = jnp.asarray(mask)
+        if m.ndim == 1:
+            m = m.reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(m, x, y)
+
+    return jax.tree_util.tree_map(one, a, b)

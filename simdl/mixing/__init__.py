@@ -1,0 +1,12 @@
+"""Ways to apply a mixing matrix W to stacked parameters (leading worker axis).
+
+Every path equals dense ``W @ X`` (tested against numpy): :func:`dense_mix`, :func:`sparse_mix` (neighbour slots),
+:func:`shift_mix` (circulant graphs), :func:`mean_mix` (exact average). :func:`make_mixer` picks one per topology.
+"""
+
+from simdl.mixing.dense import dense_mix, mean_mix
+from simdl.mixing.mixer import METHODS, Mixer, choose_method, make_mixer
+from simdl.mixing.shift import shift_mix
+from simdl.mixing.sparse import sparse_mix
+
+__all__ = ["METHODS", "Mixer", "choose_method", "dense_mix", "make_mixer", "mean_mix", "shift_mix", "sparse_mix"]

@@ -1,0 +1,165 @@
+"""Image/feature classification split over workers: dataset + Flax model + partition."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from simdl.tasks.base import Task
+
+PARTITIONS = ("iid", "dirichlet", "shards")
+
+
+def _epoch_indices(key, step, shard_size: int, batch_size: int):
+    """Positions in a worker's shard for minibatch ``step``: epochs of a fresh seeded permutation, without
+    replacement inside an epoch (a batch may straddle two epochs)."""
+    pos = step * batch_size + jnp.arange(batch_size)
+    epoch0 = (step * batch_size) // shard_size
+    epoch = pos // shard_size
+    within = pos % shard_size
+    p0 = jax.random.permutation(jax.random.fold_in(key, epoch0), shard_size)
+    p1 = jax.random.permutation(jax.random.fold_in(key, epoch0 + 1), shard_size)
+    return jnp.where(epoch == epoch0, p0[within], p1[within])
+
+
+def classification(
+    dataset: str = "digits",
+    model: str = "mlp",
+    n_workers: int = 16,
+    partition: str = "dirichlet",
+    alpha: float = 0.1,
+    classes_per_worker: int = 2,
+    seed: int = 0,
+    augment: bool | None = None,
+    eval_batch_size: int = 1000,
+    max_eval_samples: int | None = 10_000,
+    model_kwargs: dict | None = None,
+    dataset_kwargs: dict | None = None,
+    data=None,
+) -> Task:
+    """Softmax cross-entropy classification, each worker holding its own shard of the training set.
+
+    Args:
+      dataset: ``"digits"`` (embedded scikit-learn handwritten digits, 8×8×1, 10 classes; the default, offline) or a
+        tensorflow-datasets name (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``emnist``; needs
+        ``simdl[tfds]``), see :func:`simdl.data.load_dataset`.
+      model: a name from :data:`simdl.models.MODELS` (``mlp``, ``cnn``, ``lenet5``, ``resnet20``, ``vgg11``, ...).
+      n_workers: number of workers n ≥ 1.
+      partition: ``"iid"``, ``"dirichlet"`` (ALGORITHMS.md §5, concentration ``alpha``) or ``"shards"``
+        (``classes_per_worker`` classes per worker).
+      alpha: Dirichlet α > 0 (smaller = more heterogeneous; 0.01 ≈ 1–2 classes per worker, 10 ≈ IID).
+      classes_per_worker: k for ``"shards"``.
+      seed: seed of the partition (the model init and data order use the seed given to ``simulate``).
+      augment: random crop (4-pixel padding) + horizontal flip per worker on device; default on for CIFAR.
+      eval_batch_size: test examples per forward pass during evaluation.
+      max_eval_samples: evaluate on at most this many test (and training-objective) samples; ``None`` = all.
+      model_kwargs / dataset_kwargs: passed to the model constructor / the dataset loader.
+      data: an already loaded :class:`simdl.data.Dataset` (skips loading).
+
+    Returns:
+      A :class:`Task`. Every worker holds exactly ``N // n`` training samples; inputs are stored as given (uint8
+      for images) and normalised on device per batch. ``evaluate`` reports ``avg_model_loss`` (training objective at
+      x̄), ``avg_model_test_loss``, ``avg_model_accuracy`` (test accuracy of x̄), ``worker_accuracy_mean`` and
+      ``worker_accuracy_min`` (test accuracy of each worker's own model).
+
+    Raises:
+      ValueError: unknown dataset / model / partition names (listing valid ones), α ≤ 0, k > number of classes,
+        more workers than samples.
+    """
+    from simdl.data import load_dataset
+    from simdl.data.partition import partition as make_partition
+    from simdl.models import get_model
+
+    if partition not in PARTITIONS:
+        raise ValueError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)}")
+    if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+        raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    ds = data if data is not None else load_dataset(dataset, **(dataset_kwargs or {}))
+    net = get_model(model, ds.num_classes, **(model_kwargs or {}))
+    indices = make_partition(partition, ds.y_train, n_workers, alpha=alpha, k=classes_per_worker, seed=seed)
+    n, shard = indices.shape
+    if augment is None:
+        augment = ds.name.startswith("cifar")
+    scale, mean, std = float(ds.scale), np.asarray(ds.mean, np.float32), np.asarray(ds.std, np.float32)
+    n_test = len(ds.y_test) if max_eval_samples is None else min(len(ds.y_test), max_eval_samples)
+    train_eval_idx = indices.reshape(-1)[: (n_test if max_eval_samples is not None else None)]
+
+    def pad_to_batches(x, y):
+        m = len(y)
+        bs = min(eval_batch_size, m)
+        nb = -(-m // bs)
+        pad = nb * bs - m
+        xs = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]).reshape((nb, bs) + x.shape[1:])
+        ys = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, bs)
+        mask = np.concatenate([np.ones(m, np.float32), np.zeros(pad, np.float32)]).reshape(nb, bs)
+        return jnp.asarray(xs), jnp.asarray(ys, jnp.int32), jnp.asarray(mask)
+
+    test_x, test_y, test_m = pad_to_batches(ds.x_test[:n_test], ds.y_test[:n_test])
+    tr_x, tr_y, tr_m = pad_to_batches(ds.x_train[train_eval_idx], ds.y_train[train_eval_idx])
+    data_tree = {
+        "x": jnp.asarray(ds.x_train),
+        "y": jnp.asarray(ds.y_train, jnp.int32),
+        "indices": jnp.asarray(indices, jnp.int32),
+        "test": (test_x, test_y, test_m),
+        "train_eval": (tr_x, tr_y, tr_m),
+    }
+    sample_shape = ds.x_train.shape[1:]
+
+    def normalise(x):
+        return (x.astype(jnp.float32) / scale - mean) / std
+
+    def init_params(key):
+        return net.init(key, jnp.zeros((1,) + sample_shape, jnp.float32))
+
+    def logits_fn(params, x):
+        return net.apply(params, normalise(x))
+
+    def sample(data, key, worker, step, batch_size):
+        pos = _epoch_indices(key, step, shard, batch_size)
+        idx = data["indices"][worker, pos]
+        x = data["x"][idx]
+        if augment:
+            from simdl.data.augment import random_crop_flip
+
+            x = random_crop_flip(jax.random.fold_in(jax.random.fold_in(key, step), 1 << 30), x, pad=4)
+        return {"x": x, "y": data["y"][idx]}
+
+    def loss(params, batch):
+        logits = logits_fn(params, batch["x"])
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]))
+
+    def _scan_eval(params, split):
+        xs, ys, ms = split
+
+        def body(acc, b):
+            x, y, m = b
+            logits = logits_fn(params, x)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+            return (acc[0] + jnp.sum(ce * m), acc[1] + jnp.sum(correct * m)), None
+
+        (ce, correct), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, ms))
+        total = jnp.sum(ms)
+        return ce / total, correct / total
+
+    def evaluate(data, stacked):
+        xbar = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), stacked)
+        test_loss, test_acc = _scan_eval(xbar, data["test"])
+        train_loss, _ = _scan_eval(xbar, data["train_eval"])
+        _, worker_acc = jax.vmap(lambda p: _scan_eval(p, data["test"]))(stacked)
+        return {
+            "avg_model_loss": train_loss,
+            "avg_model_test_loss": test_loss,
+            "avg_model_accuracy": test_acc,
+            "worker_accuracy_mean": jnp.mean(worker_acc),
+            "worker_accuracy_min": jnp.min(worker_acc),
+        }
+
+    info = {"dataset": ds.name, "model": model, "n_workers": n, "partition": partition, "shard_size": shard,
+            "alpha": alpha if partition == "dirichlet" else None,
+            "classes_per_worker": classes_per_worker if partition == "shards" else None,
+            "partition_seed": seed, "augment": bool(augment), "num_classes": ds.num_classes}
+    return Task(f"{ds.name}/{model}", n, data_tree, init_params, loss, sample, evaluate, shard,
+                np.full(n, 1.0 / n), info, "classification")

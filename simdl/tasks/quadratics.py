@@ -1,0 +1,137 @@
+"""Least-squares problems with exact optima, for checking update rules: ``f_i(x) = ½‖A_i x − b_i‖²``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from simdl.tasks.base import Task
+
+
+def _solve(A: np.ndarray, b: np.ndarray):
+    """Global optimum x* of f(x) = (1/n) Σ_i ½‖A_i x − b_i‖² (float64), its Hessian H and f*."""
+    n = A.shape[0]
+    H = np.einsum("imd,ime->de", A, A) / n
+    rhs = np.einsum("imd,im->d", A, b) / n
+    x_star = np.linalg.lstsq(H, rhs, rcond=None)[0]
+    r = np.einsum("imd,d->im", A, x_star) - b
+    f_star = 0.5 * float(np.sum(r * r)) / n
+    return x_star, H, f_star
+
+
+def quadratics(A, b, noise: float = 0.0, x0=None, name: str = "quadratics", info: dict | None = None) -> Task:
+    """Worker i minimises ``f_i(x) = ½‖A_i x − b_i‖²``; the global objective is ``f(x) = (1/n) Σ_i f_i(x)``.
+
+    The stochastic gradient a worker gets is ``A_iᵀ(A_i x − b_i) + σ ξ`` with ``ξ ~ N(0, I_d)`` drawn from the
+    worker's own stream (``σ = noise``; 0 = exact gradients).
+
+    Args:
+      A: ``(n, m, d)`` float array.
+      b: ``(n, m)`` float array.
+      noise: σ ≥ 0, gradient-noise standard deviation per coordinate.
+      x0: optional ``(d,)`` start point (default 0).
+
+    Returns:
+      A :class:`Task` whose params are ``{"x": (d,) float32}``. ``evaluate`` reports ``avg_model_loss`` = f(x̄),
+      ``suboptimality`` = f(x̄) − f* (computed as ½ (x̄ − x*)ᵀ H (x̄ − x*), exact for quadratics and free of
+      float32 cancellation), ``distance_to_opt`` = ‖x̄ − x*‖², and ``worker_suboptimality_mean``.
+
+    Raises:
+      ValueError: wrong shapes, non-finite entries, or negative noise.
+    """
+    A = np.asarray(A, np.float64)
+    b = np.asarray(b, np.float64)
+    if A.ndim != 3:
+        raise ValueError(f"A must have shape (n, m, d), got shape {A.shape}")
+    if b.shape != A.shape[:2]:
+        raise ValueError(f"b must have shape (n, m) = {A.shape[:2]} to match A, got {b.shape}")
+    if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b))):
+        raise ValueError("A and b must be finite")
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a float >= 0, got {noise!r}")
+    n, _, d = A.shape
+    x_star, H, f_star = _solve(A, b)
+    start = np.zeros(d) if x0 is None else np.asarray(x0, np.float64).reshape(d)
+    data = {
+        "A": jnp.asarray(A, jnp.float32),
+        "b": jnp.asarray(b, jnp.float32),
+        "x_star": jnp.asarray(x_star, jnp.float32),
+        "H": jnp.asarray(H, jnp.float32),
+        "f_star": jnp.float32(f_star),
+    }
+    sigma = float(noise)
+
+    def init_params(key):
+        return {"x": jnp.asarray(start, jnp.float32)}
+
+    def sample(data, key, worker, step, batch_size):
+        xi = jax.random.normal(jax.random.fold_in(key, step), (d,), jnp.float32) if sigma else jnp.zeros(d)
+        return {"A": data["A"][worker], "b": data["b"][worker], "xi": sigma * xi}
+
+    def loss(params, batch):
+        r = batch["A"] @ params["x"] - batch["b"]
+        return 0.5 * jnp.sum(r * r) + jnp.dot(jax.lax.stop_gradient(batch["xi"]), params["x"])
+
+    def subopt(x, data):
+        e = x - data["x_star"]
+        return 0.5 * e @ (data["H"] @ e)
+
+    def evaluate(data, stacked):
+        xs = stacked["x"]
+        xbar = jnp.mean(xs, axis=0)
+        r = jnp.einsum("imd,d->im", data["A"], xbar) - data["b"]
+        per_worker = jax.vmap(lambda x: subopt(x, data))(xs)
+        return {
+            "avg_model_loss": 0.5 * jnp.sum(r * r) / n,
+            "suboptimality": subopt(xbar, data),
+            "distance_to_opt": jnp.sum(jnp.square(xbar - data["x_star"])),
+            "worker_suboptimality_mean": jnp.mean(per_worker),
+        }
+
+    meta = {"n_workers": n, "m": A.shape[1], "dim": d, "noise": sigma, "f_star": f_star}
+    meta.update(info or {})
+    return Task(name, n, data, init_params, loss, sample, evaluate, 0, np.full(n, 1.0 / n), meta, "quadratic")
+
+
+def random_quadratics(n_workers: int = 16, dim: int = 10, mu: float = 0.5, L: float = 1.0, zeta2: float = 1.0,
+                      r0: float = 100.0, noise: float = 0.0, seed: int = 0) -> Task:
+    """The random quadratics of the RelaySGD paper (Vogels et al. 2021, arXiv 2110.04175; ALGORITHMS.md §6).
+
+    ``A_i = U_i diag(linspace(μ, L, d)) V_iᵀ`` from the SVD of a standard Gaussian d×d matrix; ``b_i = A_i (s u_i)``
+    with Gaussian directions u_i, re-centred so that the global optimum is 0, with the scale s chosen so that
+    ``ζ² = (1/n) Σ_i ‖∇f_i(x*)‖²`` equals ``zeta2`` (ζ² is exactly quadratic in s, so s is solved in closed form
+    rather than by bisection); finally the optimum is moved to a random point at distance ``r0`` from the start
+    x = 0. The objective uses ``f_i = ½‖A_i x − b_i‖²``, whose gradient is the ``A_iᵀ(A_i x − b_i)`` of the paper.
+
+    Raises:
+      ValueError: n_workers < 1, dim < 1, not 0 < μ ≤ L, ζ² < 0, r0 < 0.
+    """
+    if int(n_workers) != n_workers or n_workers < 1:
+        raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    if int(dim) != dim or dim < 1:
+        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+    if not 0 < mu <= L:
+        raise ValueError(f"need 0 < mu <= L, got mu={mu}, L={L}")
+    if zeta2 < 0 or r0 < 0:
+        raise ValueError(f"zeta2 and r0 must be >= 0, got zeta2={zeta2}, r0={r0}")
+    rng = np.random.default_rng(seed)
+    n, d = int(n_workers), int(dim)
+    spectrum = np.linspace(mu, L, d)
+    A = np.empty((n, d, d))
+    for i in range(n):
+        U, _, Vt = np.linalg.svd(rng.standard_normal((d, d)))
+        A[i] = U @ np.diag(spectrum) @ Vt
+    u = rng.standard_normal((n, d))
+    b = np.einsum("imd,id->im", A, u)
+    x_c, _, _ = _solve(A, b)
+    b = b - np.einsum("imd,d->im", A, x_c)  # global optimum now at 0
+    g = np.einsum("imd,im->id", A, b)  # ∇f_i(0) = -A_iᵀ b_i (sign irrelevant for the norm)
+    z1 = float(np.mean(np.sum(g * g, axis=1)))
+    s = np.sqrt(zeta2 / z1) if z1 > 0 else 0.0
+    b = s * b
+    direction = rng.standard_normal(d)
+    x_opt = r0 * direction / np.linalg.norm(direction)
+    b = b + np.einsum("imd,d->im", A, x_opt)
+    info = {"mu": mu, "L": L, "zeta2": zeta2, "r0": r0, "seed": seed}
+    return quadratics(A, b, noise=noise, name="random_quadratics", info=info)
