@@ -6,8 +6,15 @@ and ``nesterov``; all other hyperparameters are keywords with the papers' defaul
 
 from simdl.algorithms.averaging import allreduce, local_sgd, model_averaging_clr
 from simdl.algorithms.base import Algorithm, Context
+from simdl.algorithms.choco import choco_sgd
+from simdl.algorithms.d2 import d2, exact_diffusion
+from simdl.algorithms.dynamic import dynamic_averaging
 from simdl.algorithms.gossip import cdmsgd, cdsgd, dpsgd, dsgd
 from simdl.algorithms.local import local_optimizer
+from simdl.algorithms.qgm import qg_adam, qg_dsgdm
+from simdl.algorithms.relay import relaysgd, relaysum_grad
+from simdl.algorithms.sgp import sgp
+from simdl.algorithms.tracking import gradient_tracking
 
 ALGORITHMS = {
     "dsgd": dsgd,
@@ -17,6 +24,16 @@ ALGORITHMS = {
     "allreduce": allreduce,
     "local_sgd": local_sgd,
     "model_averaging_clr": model_averaging_clr,
+    "dynamic_averaging": dynamic_averaging,
+    "relaysgd": relaysgd,
+    "relaysum_grad": relaysum_grad,
+    "qg_dsgdm": qg_dsgdm,
+    "qg_adam": qg_adam,
+    "d2": d2,
+    "exact_diffusion": exact_diffusion,
+    "gradient_tracking": gradient_tracking,
+    "sgp": sgp,
+    "choco_sgd": choco_sgd,
 }
 
 
@@ -34,5 +51,4 @@ def get(name: str, **kwargs) -> Algorithm:
         raise ValueError(f"bad hyperparameters for {name}: {e}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "Context", "allreduce", "cdmsgd", "cdsgd", "dpsgd", "dsgd", "get",
-           "local_optimizer", "local_sgd", "model_averaging_clr"]
+__all__ = ["ALGORITHMS", "Algorithm", "Context", "get", "local_optimizer", *ALGORITHMS]

@@ -6,7 +6,8 @@ Every path equals dense ``W @ X`` (tested against numpy): :func:`dense_mix`, :fu
 
 from simdl.mixing.dense import dense_mix, mean_mix
 from simdl.mixing.mixer import METHODS, Mixer, choose_method, make_mixer
+from simdl.mixing.relay import relay_plan, relay_step
 from simdl.mixing.shift import shift_mix
 from simdl.mixing.sparse import sparse_mix
 
-__all__ = ["METHODS", "Mixer", "choose_method", "dense_mix", "make_mixer", "mean_mix", "shift_mix", "sparse_mix"]
+__all__ = ["METHODS", "Mixer", "choose_method", "dense_mix", "make_mixer", "mean_mix", "relay_plan", "relay_step", "shift_mix", "sparse_mix"]
