@@ -10,4 +10,5 @@ from simdl.mixing.relay import relay_plan, relay_step
 from simdl.mixing.shift import shift_mix
 from simdl.mixing.sparse import sparse_mix
 
-__all__ = ["METHODS", "Mixer", "choose_method", "dense_mix", "make_mixer", "mean_mix", "relay_plan", "relay_step", "shift_mix", "sparse_mix"]
+__all__ = ["METHODS", "Mixer", "choose_method", "dense_mix", "make_mixer", "mean_mix", "relay_plan", "relay_step",
+           "shift_mix", "sparse_mix"]
