@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -14,6 +14,7 @@ import numpy as np
 from simdl.algorithms.base import Algorithm, Context
 from simdl.metrics import consensus_distance
 from simdl.mixing import make_mixer
+from simdl.sharding import make_sharded_mixer, placement
 from simdl.tasks.base import Task
 
 
@@ -108,6 +109,7 @@ def simulate(
     mixing: str = "auto",
     progress: bool = False,
     callback: Callable[[int, dict], None] | None = None,
+    devices: int | Sequence | None = None,
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
@@ -127,6 +129,9 @@ def simulate(
       mixing: mixing path, see :func:`simdl.mixing.make_mixer` (``auto``, ``dense``, ``sparse``, ``shift``, ``mean``).
       progress: show a tqdm progress bar over steps.
       callback: called after each evaluation with ``(step, metrics)``.
+      devices: ``None`` (default): one device. An int k (the first k devices), a sequence of ``jax.Device`` or a
+        ``Mesh``: shard the worker axis over them (:mod:`simdl.sharding`; n must be divisible by the device
+        count); results equal the single-device run up to float rounding.
 
     Returns:
       :class:`SimulationResult`.
@@ -136,7 +141,8 @@ def simulate(
     """
     eval_every = max(1, steps // 20) if eval_every is None and isinstance(steps, int) else eval_every
     validate(task, algorithm, topology, steps, batch_size, eval_every)
-    mixer = make_mixer(topology, mixing)
+    layout = None if devices is None else placement(devices, task.n_workers)
+    mixer = make_mixer(topology, mixing) if layout is None else make_sharded_mixer(topology, layout.mesh, mixing)
     n = task.n_workers
     k_init, k_data, k_alg = jax.random.split(jax.random.PRNGKey(seed), 3)
     worker_keys = jax.vmap(partial(jax.random.fold_in, k_data))(jnp.arange(n))
@@ -150,17 +156,28 @@ def simulate(
         traces.append(length)  # runs at trace time only: counts compilations
 
         def body(carry, i):
-            state, loss_sum, bytes_sum, bad = carry
+            state, loss_sum, sums, bad = carry
             t = start + i
             state, loss, aux = one_step(state, t, data, worker_keys)
             bad = jnp.where(jnp.logical_and(~jnp.isfinite(loss), bad < 0), t, bad)
-            return (state, loss_sum + loss, bytes_sum + aux["bytes_sent"], bad), aux["lr"]
+            counters = {k: v for k, v in aux.items() if k != "lr"}
+            sums = jax.tree_util.tree_map(lambda a, b: a + jnp.asarray(b, jnp.float32), sums, counters)
+            return (state, loss_sum + loss, sums, bad), aux["lr"]
 
-        init = (state, jnp.float32(0.0), jnp.zeros((n,), jnp.float32), jnp.int32(-1))
-        (state, loss_sum, bytes_sum, bad), lrs = jax.lax.scan(body, init, jnp.arange(length, dtype=jnp.int32))
-        return state, loss_sum / length, bytes_sum, bad, lrs[-1]
+        _, aux_shape = jax.eval_shape(lambda s: algorithm.step(s, algorithm.query(s), ctx0), state)
+        zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in aux_shape.items() if k != "lr"}
+        init = (state, jnp.float32(0.0), zeros, jnp.int32(-1))
+        (state, loss_sum, sums, bad), lrs = jax.lax.scan(body, init, jnp.arange(length, dtype=jnp.int32))
+        return state, loss_sum / length, sums, bad, lrs[-1]
 
-    run_chunk = jax.jit(chunk, static_argnums=(4,), donate_argnums=(0,))
+    jit_kw = {}
+    if layout is not None:  # multi-device: per-worker leaves sharded over the mesh, task data replicated
+        state, worker_keys = layout.put(state), layout.put(worker_keys)
+        task = task._replace(data=layout.replicate(task.data))
+        state_sh, rep = layout.shardings(state), layout.replicated
+        jit_kw = {"in_shardings": (state_sh, rep, rep, layout.shardings(worker_keys)),
+                  "out_shardings": (state_sh, rep, rep, rep, rep)}
+    run_chunk = jax.jit(chunk, static_argnums=(4,), donate_argnums=(0,), **jit_kw)
 
     def evaluate(data, state):
         params = algorithm.params(state)
@@ -170,7 +187,7 @@ def simulate(
 
     run_eval = jax.jit(evaluate)
     history: dict[str, list] = {}
-    bytes_total = np.zeros(n, np.float64)
+    totals: dict[str, np.ndarray] = {}
     diverged_at = None
     t0 = time.perf_counter()
     compile_s = 0.0
@@ -185,7 +202,7 @@ def simulate(
             length = min(eval_every, steps - done)
             n_traces = len(traces)
             tc = time.perf_counter()
-            state, loss, sent, bad, lr = run_chunk(state, jnp.int32(done), task.data, worker_keys, length)
+            state, loss, sums, bad, lr = run_chunk(state, jnp.int32(done), task.data, worker_keys, length)
             bad = int(bad)
             if len(traces) > n_traces:
                 compile_s += time.perf_counter() - tc
@@ -193,13 +210,15 @@ def simulate(
                 diverged_at = bad
                 break
             done += length
-            bytes_total += np.asarray(sent, np.float64)
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
             metrics = {k: float(v) for k, v in run_eval(task.data, state).items()}
             if not all(np.isfinite(v) for v in metrics.values()):
                 diverged_at = done
                 break
-            row = {"step": done, "loss": float(loss), **metrics,
-                   "bytes_per_worker": float(bytes_total.mean()), "learning_rate": float(lr)}
+            row = {"step": done, "loss": float(loss), **metrics, "learning_rate": float(lr)}
+            for k, v in totals.items():  # cumulative counters from the algorithm's aux (mean over workers)
+                row["bytes_per_worker" if k == "bytes_sent" else k] = float(np.mean(v))
             for k, v in row.items():
                 history.setdefault(k, []).append(v)
             if callback is not None:

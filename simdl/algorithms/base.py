@@ -46,7 +46,9 @@ class Algorithm(NamedTuple):
         from the same x⁰); ``ctx`` is the :class:`Context` of step 0 (gives the topology, e.g. the relay tree).
       step: ``step(state, stacked_grads, ctx) -> (state, aux)``; gradients were evaluated at ``query(state)``.
         ``aux`` holds at least ``"lr"`` (float32 scalar, the step's learning rate) and ``"bytes_sent"``
-        (float32 ``(n,)``, bytes each worker sent this step).
+        (float32 ``(n,)``, bytes each worker sent this step). Any other aux entry (scalar or ``(n,)``) is a
+        counter: the runner reports its cumulative sum (mean over workers) in the history under the same name
+        (e.g. ``"model_transfers"``).
       query: ``query(state) -> stacked_params`` where the runner evaluates the stochastic gradients.
       params: ``params(state) -> stacked_params``, the worker models that are reported and evaluated.
       hyperparams: JSON-serialisable hyperparameters (recorded in results).
