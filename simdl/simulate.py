@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -80,15 +81,18 @@ def _device_info() -> dict:
             "jax_version": jax.__version__}
 
 
-def build_step(task: Task, algorithm: Algorithm, topology, mixer, batch_size: int, alg_key):
-    """One simulated step ``(state, t, data, worker_keys) -> (state, mean_loss, aux)``, vectorized over workers."""
+def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int):
+    """One simulated step ``(state, t, data, worker_keys, alg_key, hp) -> (state, mean_loss, aux)``, vectorized
+    over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace, so hyperparameters ``hp`` may be traced
+    (batched runs); for a single run it ignores ``hp``."""
     n = task.n_workers
     workers = jnp.arange(n)
     weights = np.asarray(task.worker_weights, np.float64)
     grad_fn = jax.vmap(jax.value_and_grad(task.loss))
     sample_fn = jax.vmap(task.sample, in_axes=(None, 0, 0, None, None))
 
-    def step(state, t, data, worker_keys):
+    def step(state, t, data, worker_keys, alg_key, hp):
+        algorithm = algorithm_fn(hp)
         batch = sample_fn(data, worker_keys, workers, t, batch_size)
         losses, grads = grad_fn(algorithm.query(state), batch)
         ctx = Context(t, jax.random.fold_in(alg_key, t), topology, partial(mixer, step=t), weights)
@@ -96,6 +100,107 @@ def build_step(task: Task, algorithm: Algorithm, topology, mixer, batch_size: in
         return state, jnp.mean(losses), aux
 
     return step
+
+
+def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int, traces: list):
+    """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
+    ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
+    chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). Appends to ``traces`` each time
+    it is traced (= compiled)."""
+    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size)
+
+    def chunk(state, start, data, worker_keys, alg_key, hp, length):
+        traces.append(length)
+
+        def body(carry, i):
+            state, loss_sum, sums, bad = carry
+            t = start + i
+            state, loss, aux = one_step(state, t, data, worker_keys, alg_key, hp)
+            bad = jnp.where(jnp.logical_and(~jnp.isfinite(loss), bad < 0), t, bad)
+            counters = {k: v for k, v in aux.items() if k != "lr"}
+            sums = jax.tree_util.tree_map(lambda a, b: a + jnp.asarray(b, jnp.float32), sums, counters)
+            return (state, loss_sum + loss, sums, bad), aux["lr"]
+
+        _, _, aux_shape = jax.eval_shape(lambda s: one_step(s, start, data, worker_keys, alg_key, hp), state)
+        zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in aux_shape.items() if k != "lr"}
+        init = (state, jnp.float32(0.0), zeros, jnp.int32(-1))
+        (state, loss_sum, sums, bad), lrs = jax.lax.scan(body, init, jnp.arange(length, dtype=jnp.int32))
+        return state, loss_sum / length, sums, bad, lrs[-1]
+
+    return chunk
+
+
+def build_evaluate(task: Task, algorithm_fn: Callable[[Any], Algorithm]):
+    """``evaluate(data, state, hp) -> dict`` of the task's metrics plus the consensus distance Ξ²."""
+
+    def evaluate(data, state, hp):
+        params = algorithm_fn(hp).params(state)
+        out = dict(task.evaluate(data, params))
+        out["consensus_distance"] = consensus_distance(params)
+        return out
+
+    return evaluate
+
+
+def init_state(task: Task, algorithm: Algorithm, topology, mixer, seed: int):
+    """Initial stacked state and keys of a run: ``(state, worker_keys, alg_key)``; every worker starts at x⁰."""
+    n = task.n_workers
+    k_init, k_data, k_alg = jax.random.split(jax.random.PRNGKey(seed), 3)
+    worker_keys = jax.vmap(partial(jax.random.fold_in, k_data))(jnp.arange(n))
+    params0 = _stack(task.init_params(k_init), n)
+    ctx0 = Context(jnp.int32(0), k_alg, topology, partial(mixer, step=0), np.asarray(task.worker_weights))
+    return algorithm.init(params0, ctx0), worker_keys, k_alg
+
+
+class Recorder:
+    """Host-side history of one run: cumulative counters (float64) and one row per evaluation."""
+
+    def __init__(self, history: dict | None = None, totals: dict | None = None):
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+        self.totals = {k: np.asarray(v, np.float64) for k, v in (totals or {}).items()}
+
+    def add(self, done: int, loss, sums: dict, lr, metrics: dict) -> dict:
+        for k, v in sums.items():
+            self.totals[k] = self.totals.get(k, 0.0) + np.asarray(v, np.float64)
+        row = {"step": done, "loss": float(loss), **metrics, "learning_rate": float(lr)}
+        for k, v in self.totals.items():  # cumulative counters from the algorithm's aux (mean over workers)
+            row["bytes_per_worker" if k == "bytes_sent" else k] = float(np.mean(v))
+        for k, v in row.items():
+            self.history.setdefault(k, []).append(v)
+        return row
+
+    def arrays(self) -> dict:
+        return {k: np.asarray(v) for k, v in self.history.items()}
+
+    def meta(self) -> dict:
+        return {"history": self.history, "totals": {k: np.asarray(v).tolist() for k, v in self.totals.items()}}
+
+
+def _checkpointer(directory, keep: int = 2):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+
+
+def _save_checkpoint(mgr, done: int, state, meta: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    mgr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    mgr.wait_until_finished()
+
+
+def _restore_checkpoint(mgr, state):
+    import orbax.checkpoint as ocp
+
+    step = mgr.latest_step()
+    if step is None:
+        return None
+    target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    r = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                  meta=ocp.args.JsonRestore()))
+    restored = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state),
+                                            jax.tree_util.tree_leaves(r["state"]))
+    return step, restored, r["meta"]
 
 
 def simulate(
@@ -110,13 +215,16 @@ def simulate(
     progress: bool = False,
     callback: Callable[[int, dict], None] | None = None,
     devices: int | Sequence | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
     The steps between two evaluations run as one compiled ``lax.scan`` (state donated); every chunk has the same
     length, so the program compiles once (a shorter final chunk, when ``steps`` is not a multiple of
     ``eval_every``, compiles once more). Randomness is derived from ``seed``, the worker index and the step index
-    only, so results do not depend on ``eval_every``.
+    only, so results do not depend on ``eval_every``, on the device count, or on being interrupted and resumed.
 
     Args:
       task: a :class:`simdl.tasks.Task`.
@@ -132,6 +240,12 @@ def simulate(
       devices: ``None`` (default): one device. An int k (the first k devices), a sequence of ``jax.Device`` or a
         ``Mesh``: shard the worker axis over them (:mod:`simdl.sharding`; n must be divisible by the device
         count); results equal the single-device run up to float rounding.
+      checkpoint_dir: folder for orbax checkpoints of the full run state (algorithm state, history, counters).
+      checkpoint_every: checkpoint every this many steps (a multiple of ``eval_every``; default: every evaluation
+        when ``checkpoint_dir`` is given). Checkpoints are written atomically (a killed run leaves the previous
+        one intact).
+      resume: continue from the latest checkpoint in ``checkpoint_dir`` (if any); the final result equals an
+        uninterrupted run's exactly.
 
     Returns:
       :class:`SimulationResult`.
@@ -141,53 +255,47 @@ def simulate(
     """
     eval_every = max(1, steps // 20) if eval_every is None and isinstance(steps, int) else eval_every
     validate(task, algorithm, topology, steps, batch_size, eval_every)
+    if checkpoint_every is not None:
+        _check_int("checkpoint_every", checkpoint_every)
+        if checkpoint_dir is None or checkpoint_every % eval_every:
+            raise ValueError(f"checkpoint_every={checkpoint_every} needs checkpoint_dir and must be a multiple of "
+                             f"eval_every={eval_every}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
     layout = None if devices is None else placement(devices, task.n_workers)
     mixer = make_mixer(topology, mixing) if layout is None else make_sharded_mixer(topology, layout.mesh, mixing)
-    n = task.n_workers
-    k_init, k_data, k_alg = jax.random.split(jax.random.PRNGKey(seed), 3)
-    worker_keys = jax.vmap(partial(jax.random.fold_in, k_data))(jnp.arange(n))
-    params0 = _stack(task.init_params(k_init), n)
-    ctx0 = Context(jnp.int32(0), k_alg, topology, partial(mixer, step=0), np.asarray(task.worker_weights))
-    state = algorithm.init(params0, ctx0)
-    one_step = build_step(task, algorithm, topology, mixer, batch_size, k_alg)
-    traces = []
+    state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
+    traces: list = []
+    algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
+    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces)
 
-    def chunk(state, start, data, worker_keys, length):
-        traces.append(length)  # runs at trace time only: counts compilations
-
-        def body(carry, i):
-            state, loss_sum, sums, bad = carry
-            t = start + i
-            state, loss, aux = one_step(state, t, data, worker_keys)
-            bad = jnp.where(jnp.logical_and(~jnp.isfinite(loss), bad < 0), t, bad)
-            counters = {k: v for k, v in aux.items() if k != "lr"}
-            sums = jax.tree_util.tree_map(lambda a, b: a + jnp.asarray(b, jnp.float32), sums, counters)
-            return (state, loss_sum + loss, sums, bad), aux["lr"]
-
-        _, aux_shape = jax.eval_shape(lambda s: algorithm.step(s, algorithm.query(s), ctx0), state)
-        zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in aux_shape.items() if k != "lr"}
-        init = (state, jnp.float32(0.0), zeros, jnp.int32(-1))
-        (state, loss_sum, sums, bad), lrs = jax.lax.scan(body, init, jnp.arange(length, dtype=jnp.int32))
-        return state, loss_sum / length, sums, bad, lrs[-1]
+    def run(state, start, data, worker_keys, alg_key, length):
+        return chunk(state, start, data, worker_keys, alg_key, None, length)
 
     jit_kw = {}
     if layout is not None:  # multi-device: per-worker leaves sharded over the mesh, task data replicated
         state, worker_keys = layout.put(state), layout.put(worker_keys)
         task = task._replace(data=layout.replicate(task.data))
         state_sh, rep = layout.shardings(state), layout.replicated
-        jit_kw = {"in_shardings": (state_sh, rep, rep, layout.shardings(worker_keys)),
+        jit_kw = {"in_shardings": (state_sh, rep, rep, layout.shardings(worker_keys), rep),
                   "out_shardings": (state_sh, rep, rep, rep, rep)}
-    run_chunk = jax.jit(chunk, static_argnums=(4,), donate_argnums=(0,), **jit_kw)
+    run_chunk = jax.jit(run, static_argnums=(5,), donate_argnums=(0,), **jit_kw)
+    evaluate = build_evaluate(task, algorithm_fn)
+    run_eval = jax.jit(lambda data, state: evaluate(data, state, None))
 
-    def evaluate(data, state):
-        params = algorithm.params(state)
-        out = dict(task.evaluate(data, params))
-        out["consensus_distance"] = consensus_distance(params)
-        return out
-
-    run_eval = jax.jit(evaluate)
-    history: dict[str, list] = {}
-    totals: dict[str, np.ndarray] = {}
+    rec = Recorder()
+    done = 0
+    mgr = None
+    if checkpoint_dir is not None:
+        checkpoint_every = checkpoint_every or eval_every
+        mgr = _checkpointer(checkpoint_dir)
+        if resume:
+            restored = _restore_checkpoint(mgr, state)
+            if restored is not None:
+                done, state, meta = restored
+                rec = Recorder(meta["history"], meta["totals"])
+                if layout is not None:
+                    state = layout.put(state)
     diverged_at = None
     t0 = time.perf_counter()
     compile_s = 0.0
@@ -195,14 +303,13 @@ def simulate(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"{algorithm.name} on {topology.name}", leave=False)
-    done = 0
+        bar = tqdm(total=steps, initial=done, desc=f"{algorithm.name} on {topology.name}", leave=False)
     try:
         while done < steps:
             length = min(eval_every, steps - done)
             n_traces = len(traces)
             tc = time.perf_counter()
-            state, loss, sums, bad, lr = run_chunk(state, jnp.int32(done), task.data, worker_keys, length)
+            state, loss, sums, bad, lr = run_chunk(state, jnp.int32(done), task.data, worker_keys, k_alg, length)
             bad = int(bad)
             if len(traces) > n_traces:
                 compile_s += time.perf_counter() - tc
@@ -210,17 +317,13 @@ def simulate(
                 diverged_at = bad
                 break
             done += length
-            for k, v in sums.items():
-                totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
             metrics = {k: float(v) for k, v in run_eval(task.data, state).items()}
             if not all(np.isfinite(v) for v in metrics.values()):
                 diverged_at = done
                 break
-            row = {"step": done, "loss": float(loss), **metrics, "learning_rate": float(lr)}
-            for k, v in totals.items():  # cumulative counters from the algorithm's aux (mean over workers)
-                row["bytes_per_worker" if k == "bytes_sent" else k] = float(np.mean(v))
-            for k, v in row.items():
-                history.setdefault(k, []).append(v)
+            row = rec.add(done, loss, sums, lr, metrics)
+            if mgr is not None and (done % checkpoint_every == 0 or done == steps):
+                _save_checkpoint(mgr, done, state, rec.meta())
             if callback is not None:
                 callback(done, row)
             if bar is not None:
@@ -229,8 +332,10 @@ def simulate(
     finally:
         if bar is not None:
             bar.close()
+        if mgr is not None:
+            mgr.close()
     wall = time.perf_counter() - t0
-    hist = {k: np.asarray(v) for k, v in history.items()}
+    hist = rec.arrays()
     final = {k: float(v[-1]) for k, v in hist.items()}
     info = {
         "task": task.info | {"name": task.name},
@@ -238,6 +343,6 @@ def simulate(
         "topology": topology.describe(),
         "steps": steps, "batch_size": batch_size, "seed": seed, "eval_every": eval_every,
         "mixing": mixer.method, "compiles": len(traces), "wall_time_s": wall, "compile_time_s": compile_s,
-        "steps_done": done, **_device_info(),
+        "steps_done": done, "devices": 1 if layout is None else int(layout.mesh.size), **_device_info(),
     }
     return SimulationResult(algorithm.params(state), hist, final, diverged_at, info, state)

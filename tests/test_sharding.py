@@ -83,8 +83,9 @@ def _child() -> dict:
     ctx0 = Context(jnp.int32(0), key, topo, partial(mixer, step=0), np.asarray(task.worker_weights))
     state = lay.put(alg.init(_stack(task.init_params(key), 16), ctx0))
     keys = lay.put(jax.vmap(partial(jax.random.fold_in, key))(jnp.arange(16)))
-    step = build_step(task, alg, topo, mixer, 8, key)
-    txt = jax.jit(step).lower(state, jnp.int32(0), lay.replicate(task.data), keys).compile().as_text()
+    step = build_step(task, lambda hp: alg, topo, mixer, 8)
+    txt = jax.jit(lambda s, t, d, k: step(s, t, d, k, key, None)).lower(
+        state, jnp.int32(0), lay.replicate(task.data), keys).compile().as_text()
     report["hlo_dsgd_step"] = _collectives(txt)
 
     # 3. simulate(devices=8) == single device
