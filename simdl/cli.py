@@ -75,7 +75,8 @@ def _build_run(run: dict, task, train: dict):
     return topo, alg
 
 
-def _print_table(rows: list[dict], file=sys.stdout) -> None:
+def _print_table(rows: list[dict], file=None) -> None:
+    file = file or sys.stdout
     cols = [("run", "name", "{}"), ("status", "status", "{}"), ("acc(x̄)", "avg_model_accuracy", "{:.4f}"),
             ("acc mean", "worker_accuracy_mean", "{:.4f}"), ("acc min", "worker_accuracy_min", "{:.4f}"),
             ("f(x̄)", "avg_model_loss", "{:.4g}"), ("f−f*", "suboptimality", "{:.3g}"),

@@ -30,10 +30,12 @@ def plot_runs(runs: list[dict], out: str | Path) -> list[Path]:
         if not series:
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name, xs, ys in series:
+        colors = plt.cm.tab20.colors
+        for i, (name, xs, ys) in enumerate(series):
             xs = [x / 1e6 for x in xs] if xk == "bytes_per_worker" else xs
             ys = [float("nan") if y is None else y for y in ys]
-            ax.plot(xs, ys, label=name, marker=".", markersize=3)
+            ax.plot(xs, ys, label=name, marker=".", markersize=3, color=colors[(2 * i) % 20 + (2 * i) // 20 % 2],
+                    linestyle=("-", "--", ":")[i // 10 % 3])
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)

@@ -72,7 +72,25 @@ TOPOLOGIES: dict[str, Callable[..., Topology]] = {
 }
 
 
-def get(name: str, n: int, **kw) -> Topology:
+def lazy(topology: Topology, self_weight: float) -> Topology:
+    """The lazy version ``W' = a I + (1 − a) W`` (``a = self_weight``) of a topology, for every matrix of its schedule.
+
+    Shifts every eigenvalue λ to ``a + (1 − a) λ``: e.g. ``a = 0.1`` on an even Metropolis–Hastings ring lifts
+    ``λ_min = −1/3`` above −1/3, which D² needs (ALGORITHMS.md §4).
+
+    Raises:
+        ValueError: ``self_weight`` outside [0, 1).
+    """
+    a = float(self_weight)
+    if not 0.0 <= a < 1.0:
+        raise ValueError(f"self_weight must be in [0, 1), got {self_weight!r}")
+    eye = np.eye(topology.n)
+    mats = [a * eye + (1 - a) * np.asarray(topology.weights_at(s)) for s in range(topology.period)]
+    return Topology(f"lazy({topology.name},{a:g})", topology.graph, mats[0],
+                    tuple(mats) if topology.is_time_varying else None, topology.trees)
+
+
+def get(name: str, n: int, lazy_weight: float = 0.0, **kw) -> Topology:
     """Build the topology registered as ``name`` with n workers (``TOPOLOGIES[name](n, **kw)``).
 
     Examples: ``get("ring", 16)``, ``get("torus", 16)`` (4 × 4), ``get("erdos_renyi", 16, p=0.3, seed=1)``,
@@ -81,6 +99,8 @@ def get(name: str, n: int, **kw) -> Topology:
     Raises:
         ValueError: unknown name (valid names listed), missing or unknown keywords (allowed ones listed),
             or anything the factory rejects (e.g. social_network with n != 32, hypercube with n != 2^k).
+
+    ``lazy_weight = a > 0`` returns :func:`lazy` ``(topology, a)``.
     """
     if name not in TOPOLOGIES:
         raise ValueError(f"unknown topology {name!r}; valid names: {', '.join(sorted(TOPOLOGIES))}")
@@ -91,7 +111,8 @@ def get(name: str, n: int, **kw) -> Topology:
     except TypeError as err:
         allowed = list(sig.parameters)[1:]
         raise ValueError(f"bad arguments for topology {name!r}: {err}; keywords allowed: {allowed}") from None
-    return factory(n, **kw)
+    topo = factory(n, **kw)
+    return lazy(topo, lazy_weight) if lazy_weight else topo
 
 
 __all__ = [
@@ -108,6 +129,7 @@ __all__ = [
     "from_weights",
     "get",
     "hypercube",
+    "lazy",
     "lambda_min",
     "metropolis_hastings",
     "one_peer_exponential",
