@@ -48,8 +48,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder for results.json, summary.csv and plots (default: runs/latest)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw = sub.add_parser("sweep", help="run a grid of experiments; batched runs share one compiled program",
+                        description="Expand the [sweep] grid of CONFIG (product with its [[runs]]), batch runs that "
+                                    "differ only in seeds, learning rates or Dirichlet α along a vmapped run axis, run "
+                                    "the rest sequentially, and record each finished run atomically so that re-running "
+                                    "the same command skips them.",
+                        epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _sweep_args(sw, "runs/sweep")
+    sw.add_argument("--heatmap", metavar="KEY_X,KEY_Y", default=None,
+                    help="two swept keys for heatmap.png (default: the first two keys with several values)")
+    sw.add_argument("--dry-run", action="store_true", help="print the runs and compile groups, run nothing")
+    tu = sub.add_parser("tune", help="pick the best learning rate per cell on a validation split",
+                        description="Sweep learning rates (--lrs) over the cells of CONFIG, evaluating on a held-out "
+                                    "validation split of the training set, and report the best learning rate per "
+                                    "cell (best_lr.csv).")
+    _sweep_args(tu, "runs/tune")
+    tu.add_argument("--lrs", default="0.01,0.03,0.1,0.3", metavar="LR,LR,...",
+                    help="learning rates to try (default: 0.01,0.03,0.1,0.3)")
+    tu.add_argument("--validation", type=float, default=0.1, metavar="FRACTION",
+                    help="fraction of the training set held out for validation (default 0.1; classification only)")
     sub.add_parser("list", help="list valid algorithm, topology, dataset, model and partition names")
     return p
+
+
+EPILOG_SWEEP = """\
+sweep config: a run config (see 'simdl run --help') plus a [sweep] table of lists; dotted keys set config keys,
+bare keys set run keys. The grid is the product of the [[runs]] entries and every list:
+  [sweep]
+  topology = ["ring", "torus"]
+  "task.alpha" = [0.1, 1.0, 10.0]
+  "train.seed" = [0, 1]
+  learning_rate = [0.03, 0.1]
+outputs: DIR/runs/<id>.json (one per finished run), DIR/sweep.csv, DIR/metric_vs_alpha.png, DIR/heatmap.png,
+DIR/best_lr.csv and DIR/best_lr.png (when learning_rate is swept)
+"""
+
+
+def _sweep_args(p, default_out: str) -> None:
+    p.add_argument("config", help="TOML sweep config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (as in 'simdl run'); repeatable")
+    p.add_argument("--out", default=default_out, metavar="DIR", help=f"output folder (default: {default_out})")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _task_from_config(cfg: dict):
@@ -190,6 +231,86 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _load_sweep(args) -> dict:
+    cfg = load_config(args.config, extra_sections=("sweep",))
+    for item in args.overrides:
+        cfg = apply_override(cfg, item, extra_sections=("sweep",))
+    return cfg
+
+
+def cmd_sweep(args, cfg: dict | None = None) -> int:
+    from simdl.sweep import Planned, RunStore, execute
+    from simdl.sweep_report import best_learning_rates, headline_metric, plot_sweep, write_best_lr, write_csv
+
+    cfg = cfg if cfg is not None else _load_sweep(args)
+    plan = Planned(cfg)  # builds and validates every run before anything compiles
+    out = Path(args.out)
+    store = RunStore(out)
+    finished = sum(store.done(s["id"]) for s in plan.specs)
+    pending_groups = [g for g in plan.groups if any(not store.done(s["id"]) for s in g)]
+    print(f"{len(plan.specs)} runs in {len(plan.groups)} compile groups; {finished} already finished; "
+          f"{len(pending_groups)} compile groups to run")
+    if getattr(args, "dry_run", False):
+        for g, group in enumerate(plan.groups):
+            print(f"  group {g}: {len(group)} run(s): " + "; ".join(s["label"] for s in group))
+        return 0
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plan.specs), initial=finished, unit="run", desc="sweep", dynamic_ncols=True)
+
+    def on_run(rec):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(rec["label"][:40])
+        if rec["status"] != "ok":
+            (bar.write if bar is not None else print)(f"run {rec['label']}: diverged at step {rec['diverged_at']}")
+
+    t0 = time.perf_counter()
+    try:
+        records = execute(plan, store, on_run=on_run)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    write_csv(records, plan.swept, out)
+    lr_rows = best_learning_rates(records, plan.swept) if "learning_rate" in plan.swept else []
+    write_best_lr(lr_rows, out)
+    if not args.no_plots:
+        hm = tuple(args.heatmap.split(",")) if getattr(args, "heatmap", None) else None
+        if hm is not None and len(hm) != 2:
+            raise ValueError(f"--heatmap needs two keys KEY_X,KEY_Y, got {args.heatmap!r}")
+        plot_sweep(records, plan.swept, out, hm)
+    metric, _ = headline_metric(records)
+    rows = [{"name": r["label"], "status": r["status"], **r["final"], "wall_time_s": r["wall_time_s"]}
+            for r in records]
+    print()
+    _print_table(rows)
+    if lr_rows:
+        print(f"\nbest learning rate per cell ({metric}):")
+        for r in lr_rows:
+            cell = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("best_learning_rate", metric, "tried"))
+            print(f"  {cell}: {r['best_learning_rate']} ({metric} {r[metric]:.4g}; tried {r['tried']})")
+    compiles = sum(1 for g in pending_groups)
+    print(f"\n{len(records)} runs, {compiles} compile groups run now, {wall:.1f} s; wrote {out / 'sweep.csv'}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    cfg = _load_sweep(args)
+    try:
+        lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+    if not lrs or any(lr <= 0 for lr in lrs):
+        raise ValueError(f"--lrs must be positive numbers, got {args.lrs!r}")
+    cfg.setdefault("sweep", {})["learning_rate"] = lrs
+    if cfg.get("task", {}).get("kind", "classification") == "classification":
+        cfg.setdefault("task", {})["validation"] = args.validation
+    return cmd_sweep(args, cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return cmd_list()
+        if args.command == "sweep":
+            return cmd_sweep(args)
+        if args.command == "tune":
+            return cmd_tune(args)
         return cmd_run(args)
     except ValueError as e:
         print(f"simdl: error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ def default_config() -> dict:
     return tomllib.loads(text)
 
 
-def load_config(path: str | Path | None) -> dict:
+def load_config(path: str | Path | None, extra_sections: tuple[str, ...] = ()) -> dict:
     """Read a TOML config; ``None`` gives the default experiment.
 
     Raises:
@@ -35,9 +35,10 @@ def load_config(path: str | Path | None) -> dict:
             cfg = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"malformed TOML in {str(p)!r}: {e}") from None
-    unknown = sorted(set(cfg) - set(SECTIONS))
+    valid = SECTIONS + tuple(extra_sections)
+    unknown = sorted(set(cfg) - set(valid))
     if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+        raise ValueError(f"unknown config section(s) {unknown}; valid sections: {', '.join(valid)}")
     return cfg
 
 
@@ -49,7 +50,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_override(cfg: dict, item: str) -> dict:
+def apply_override(cfg: dict, item: str, extra_sections: tuple[str, ...] = ()) -> dict:
     """Apply one ``key=value`` override; dotted keys address tables (``task.alpha=0.5``) and runs by index
     (``runs.1.learning_rate=0.05``). Returns a new dict.
 
@@ -64,8 +65,9 @@ def apply_override(cfg: dict, item: str) -> dict:
         raise ValueError(f"malformed --set {item!r}: empty key part in {key!r}")
     cfg = copy.deepcopy(cfg)
     parts = key.split(".")
-    if parts[0] not in SECTIONS:
-        raise ValueError(f"malformed --set {item!r}: unknown section {parts[0]!r}; valid: {', '.join(SECTIONS)}")
+    valid = SECTIONS + tuple(extra_sections)
+    if parts[0] not in valid:
+        raise ValueError(f"malformed --set {item!r}: unknown section {parts[0]!r}; valid: {', '.join(valid)}")
     node: Any = cfg
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):

@@ -107,3 +107,126 @@ class RunStore:
 def run_kwargs(run: dict) -> dict:
     """The algorithm hyperparameters of a resolved run (everything but name/algorithm/topology keys)."""
     return {k: v for k, v in run.items() if k not in RUN_KEYS}
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def build_task(task_cfg: dict):
+    """A task from a ``[task]`` table (``kind`` = classification (default) or random_quadratics)."""
+    import simdl
+
+    t = dict(task_cfg)
+    kind = t.pop("kind", "classification")
+    if kind == "classification":
+        return simdl.tasks.classification(**t)
+    if kind == "random_quadratics":
+        return simdl.tasks.random_quadratics(**t)
+    raise ValueError(f"unknown task kind {kind!r}; valid: classification, random_quadratics")
+
+
+def train_settings(train_cfg: dict) -> dict:
+    """``[train]`` with defaults; raises ValueError for unknown keys."""
+    from simdl.config import TRAIN_KEYS
+
+    unknown = sorted(set(train_cfg) - set(TRAIN_KEYS))
+    if unknown:
+        raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
+    out = {"steps": 1000, "batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto"}
+    out.update(train_cfg)
+    return out
+
+
+def algorithm_builder(run: dict, task):
+    """``fn(hp) -> Algorithm`` for a run; ``hp`` may carry a traced ``learning_rate`` (passed as a schedule)."""
+    import math
+
+    import simdl
+
+    static = run_kwargs(run)
+    if run["algorithm"] == "model_averaging_clr" and "steps_per_epoch" not in static:
+        static["steps_per_epoch"] = max(1, math.ceil(task.shard_size / static.pop("_batch_size", 32)))
+
+    def fn(hp):
+        kw = dict(static)
+        if "learning_rate" in hp:
+            lr = hp["learning_rate"]
+            kw["learning_rate"] = lr if isinstance(lr, (int, float)) else (lambda t, lr=lr: lr)
+        return simdl.algorithms.get(run["algorithm"], **kw)
+
+    return fn
+
+
+class Planned:
+    """A sweep ready to execute: resolved runs, their compile groups and built tasks/topologies."""
+
+    def __init__(self, cfg: dict):
+        import simdl
+        from simdl.simulate import validate
+
+        self.specs = expand_grid(cfg)
+        self.groups = group_runs(self.specs)
+        self.swept = list(cfg.get("sweep", {}))
+        self._tasks: dict[str, object] = {}
+        self.built = {}
+        for spec in self.specs:  # build and validate everything before the first compilation
+            task = self.task(spec["task"])
+            train = train_settings(spec["train"])
+            run = dict(spec["run"], _batch_size=train["batch_size"]) if spec["run"]["algorithm"] == \
+                "model_averaging_clr" else spec["run"]
+            topo = simdl.topologies.get(run.get("topology", "ring"), task.n_workers, **run.get("topology_args", {}))
+            fn = algorithm_builder(run, task)
+            alg = fn({})
+            eval_every = train["eval_every"] or max(1, train["steps"] // 20)
+            validate(task, alg, topo, train["steps"], train["batch_size"], eval_every)
+            simdl.mixing.choose_method(topo, train["mixing"])
+            self.built[spec["id"]] = (task, topo, fn, train)
+
+    def task(self, task_cfg: dict):
+        key = json.dumps(task_cfg, sort_keys=True)
+        if key not in self._tasks:
+            self._tasks[key] = build_task(task_cfg)
+        return self._tasks[key]
+
+
+def _record(spec: dict, res, group: int, wall: float) -> dict:
+    return {"id": spec["id"], "label": spec["label"], "task": spec["task"], "train": spec["train"],
+            "run": spec["run"], "group": group, "status": "ok" if res.diverged_at is None else "diverged",
+            "diverged_at": res.diverged_at, "compiles": res.info["compiles"],
+            "batched_runs": res.info.get("batched_runs", 1), "wall_time_s": wall,
+            "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final}
+
+
+def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[dict]:
+    """Run every unfinished run of ``plan`` group by group (batched groups as one vmapped program), saving each
+    finished run to ``store`` atomically; returns all records (finished earlier or now) in grid order."""
+    import time
+
+    import simdl
+    from simdl.batch import simulate_batch
+
+    for g, group in enumerate(plan.groups):
+        todo = [s for s in group if not store.done(s["id"])]
+        if on_group is not None:
+            on_group(g, group, todo)
+        if not todo:
+            continue
+        task0, topo, fn, train = plan.built[todo[0]["id"]]
+        t0 = time.perf_counter()
+        if len(todo) == 1:
+            results = [simdl.simulate(task0, fn({}), topo, steps=train["steps"], batch_size=train["batch_size"],
+                                      seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"])]
+        else:
+            tasks = [plan.built[s["id"]][0] for s in todo]
+            hps = [{"learning_rate": float(s["run"]["learning_rate"])} if "learning_rate" in s["run"] else {}
+                   for s in todo]
+            seeds = [int(s["train"].get("seed", 0)) for s in todo]
+            results = simulate_batch(tasks, fn, hps, topo, steps=train["steps"], batch_size=train["batch_size"],
+                                     seeds=seeds, eval_every=train["eval_every"], mixing=train["mixing"])
+        wall = time.perf_counter() - t0
+        for spec, res in zip(todo, results, strict=True):
+            rec = _record(spec, res, g, wall / len(todo))
+            store.save(spec["id"], rec)
+            if on_run is not None:
+                on_run(rec)
+    return [store.load(s["id"]) for s in plan.specs if store.done(s["id"])]

@@ -38,6 +38,7 @@ def classification(
     model_kwargs: dict | None = None,
     dataset_kwargs: dict | None = None,
     data=None,
+    validation: float = 0.0,
 ) -> Task:
     """Softmax cross-entropy classification, each worker holding its own shard of the training set.
 
@@ -57,6 +58,8 @@ def classification(
       max_eval_samples: evaluate on at most this many test (and training-objective) samples; ``None`` = all.
       model_kwargs / dataset_kwargs: passed to the model constructor / the dataset loader.
       data: an already loaded :class:`simdl.data.Dataset` (skips loading).
+      validation: fraction in [0, 1) of the training set held out (seeded by ``seed``) before partitioning and used
+        instead of the test set for every evaluation metric (for learning-rate tuning, ``simdl tune``).
 
     Returns:
       A :class:`Task`. Every worker holds exactly ``N // n`` training samples; inputs are stored as given (uint8
@@ -77,6 +80,14 @@ def classification(
     if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
         raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
     ds = data if data is not None else load_dataset(dataset, **(dataset_kwargs or {}))
+    if not 0.0 <= validation < 1.0:
+        raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
+    if validation:
+        order = np.random.default_rng([seed, 7]).permutation(len(ds.y_train))
+        k = int(round(validation * len(order)))
+        held, kept = order[:k], np.sort(order[k:])
+        ds = ds._replace(x_test=ds.x_train[held], y_test=ds.y_train[held], x_train=ds.x_train[kept],
+                         y_train=ds.y_train[kept])
     net = get_model(model, ds.num_classes, **(model_kwargs or {}))
     indices = make_partition(partition, ds.y_train, n_workers, alpha=alpha, k=classes_per_worker, seed=seed)
     n, shard = indices.shape
@@ -160,6 +171,7 @@ def classification(
     info = {"dataset": ds.name, "model": model, "n_workers": n, "partition": partition, "shard_size": shard,
             "alpha": alpha if partition == "dirichlet" else None,
             "classes_per_worker": classes_per_worker if partition == "shards" else None,
-            "partition_seed": seed, "augment": bool(augment), "num_classes": ds.num_classes}
+            "partition_seed": seed, "augment": bool(augment), "num_classes": ds.num_classes,
+            "evaluated_on": "validation" if validation else "test"}
     return Task(f"{ds.name}/{model}", n, data_tree, init_params, loss, sample, evaluate, shard,
                 np.full(n, 1.0 / n), info, "classification")

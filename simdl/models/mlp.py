@@ -1,0 +1,48 @@
+"""Dense models: multilayer perceptron and multinomial logistic regression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """``(B, ...)`` -> ``(B, prod(...))``. Raises ValueError for inputs without a batch axis."""
+    if x.ndim < 2:
+        raise ValueError(f"expected a batch of inputs (B, ...), got shape {x.shape}")
+    return x.reshape((x.shape[0], -1))
+
+
+class MLP(nn.Module):
+    """Multilayer perceptron: flatten, ``Dense(h) -> ReLU`` for each h in ``hidden``, ``Dense(num_classes)``.
+
+    Input float32 ``(B, ...)`` (images ``(B, H, W, C)`` or vectors ``(B, d)``); output logits float32
+    ``(B, num_classes)``. ``train`` is accepted for a uniform model interface and ignored.
+    """
+
+    hidden: Sequence[int] = (128,)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = flatten(x).astype(jnp.float32)
+        for h in self.hidden:
+            x = nn.relu(nn.Dense(h)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression: one ``Dense(num_classes)`` on the flattened input (e.g. the
+    Synthetic(α, β) data of FedProx, Li et al. 2018, arXiv 1812.06127).
+
+    Input float32 ``(B, ...)``; output logits float32 ``(B, num_classes)``; ``train`` is ignored.
+    """
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return nn.Dense(self.num_classes)(flatten(x).astype(jnp.float32))

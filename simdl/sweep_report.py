@@ -1,0 +1,184 @@
+"""Sweep outputs: ``sweep.csv`` (one row per run), the metric-vs-α plot, a heatmap over two keys, and the best
+learning rate per cell."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from simdl.results import atomic_write_text
+
+METRIC_COLUMNS = ("avg_model_accuracy", "worker_accuracy_mean", "worker_accuracy_min", "avg_model_loss",
+                  "suboptimality", "consensus_distance", "bytes_per_worker")
+
+
+def headline_metric(records: list[dict]) -> tuple[str, bool]:
+    """``(metric, higher_is_better)``: accuracy of x̄ for classification, f(x̄) − f* for quadratics."""
+    if any("avg_model_accuracy" in r["final"] for r in records):
+        return "avg_model_accuracy", True
+    if any("suboptimality" in r["final"] for r in records):
+        return "suboptimality", False
+    return "avg_model_loss", False
+
+
+def swept_value(rec: dict, key: str):
+    if "." in key:
+        sect, k = key.split(".", 1)
+        return rec[sect].get(k)
+    return rec["run"].get(key, "ring" if key == "topology" else None)
+
+
+def _score(rec: dict, metric: str, higher: bool) -> float:
+    v = rec["final"].get(metric)
+    if rec["status"] != "ok" or v is None:
+        return -np.inf if higher else np.inf
+    return float(v)
+
+
+def write_csv(records: list[dict], swept: list[str], out: Path) -> None:
+    cols = ["id", "label", "algorithm", "topology", *[k for k in swept if k not in ("algorithm", "topology")],
+            "status", "diverged_at", "compiles", "batched_runs", "wall_time_s", *METRIC_COLUMNS]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in records:
+        row = {"id": r["id"], "label": r["label"], "algorithm": r["run"]["algorithm"],
+               "topology": r["run"].get("topology", "ring"), "status": r["status"], "diverged_at": r["diverged_at"],
+               "compiles": r["compiles"], "batched_runs": r["batched_runs"], "wall_time_s": r["wall_time_s"]}
+        for k in swept:
+            if k not in ("algorithm", "topology"):
+                row[k] = swept_value(r, k)
+        for m in METRIC_COLUMNS:
+            row[m] = r["final"].get(m)
+        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_text(out / "sweep.csv", buf.getvalue())
+
+
+def cells(records: list[dict], keys: list[str]) -> dict:
+    """Group records by the values of ``keys`` (a cell), e.g. all seeds of one configuration."""
+    out = defaultdict(list)
+    for r in records:
+        out[tuple(str(swept_value(r, k)) for k in keys)].append(r)
+    return out
+
+
+def best_learning_rates(records: list[dict], swept: list[str]) -> list[dict]:
+    """For every cell (all swept keys but learning_rate and seeds), the learning rate with the best mean headline
+    metric over seeds."""
+    metric, higher = headline_metric(records)
+    keys = ["algorithm", "topology", *[k for k in swept if k not in ("learning_rate", "train.seed", "task.seed",
+                                                                       "algorithm", "topology")]]
+    rows = []
+    for cell, recs in cells(records, keys).items():
+        by_lr = defaultdict(list)
+        for r in recs:
+            by_lr[r["run"].get("learning_rate")].append(_score(r, metric, higher))
+        means = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
+        best = max(means, key=means.get) if higher else min(means, key=means.get)
+        rows.append({**dict(zip(keys, cell, strict=True)), "best_learning_rate": best, metric: means[best],
+                     "tried": sorted(means, key=lambda x: float(x))})
+    return rows
+
+
+def write_best_lr(rows: list[dict], out: Path) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_text(out / "best_lr.csv", buf.getvalue())
+
+
+def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[str, str] | None = None) -> list:
+    """Write ``metric_vs_alpha.png`` (if α was swept), ``heatmap.png`` and ``best_lr.png`` (if learning_rate was
+    swept). Returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, higher = headline_metric(records)
+    written = []
+    if "task.alpha" in swept:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        groups = cells(records, ["algorithm", "topology"])
+        for (alg, topo), recs in sorted(groups.items()):
+            by_a = defaultdict(list)
+            for r in recs:
+                if "learning_rate" in swept:
+                    continue
+                by_a[float(r["task"]["alpha"])].append(_score(r, metric, higher))
+            if "learning_rate" in swept:  # best LR per α
+                for a, rs in cells(recs, ["task.alpha"]).items():
+                    lrs = cells(rs, ["learning_rate"])
+                    by_a[float(a[0])] = max((list(map(lambda r: _score(r, metric, higher), v)) for v in lrs.values()),
+                                            key=lambda v: np.mean(v) * (1 if higher else -1))
+            xs = sorted(by_a)
+            ys = [np.mean(by_a[x]) for x in xs]
+            es = [np.std(by_a[x]) for x in xs]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{alg}/{topo}")
+        ax.set_xscale("log")
+        ax.set_xlabel("Dirichlet α (smaller = more heterogeneous)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "metric_vs_alpha.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "metric_vs_alpha.png")
+    if heatmap is None:
+        multi = [k for k in ["algorithm", "topology", *swept] if len({str(swept_value(r, k)) for r in records}) > 1]
+        multi = list(dict.fromkeys(multi))
+        heatmap = (multi[0], multi[1]) if len(multi) >= 2 else None
+    if heatmap is not None:
+        kx, ky = heatmap
+        grid = cells(records, [ky, kx])
+        xs = sorted({c[1] for c in grid}, key=_sortkey)
+        ys = sorted({c[0] for c in grid}, key=_sortkey)
+        z = np.full((len(ys), len(xs)), np.nan)
+        for (vy, vx), recs in grid.items():
+            vals = [_score(r, metric, higher) for r in recs]
+            z[ys.index(vy), xs.index(vx)] = np.mean([v for v in vals if np.isfinite(v)]) if any(
+                np.isfinite(vals)) else np.nan
+        fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 3, 0.5 * len(ys) + 2))
+        im = ax.imshow(z, cmap="viridis" if higher else "viridis_r", aspect="auto")
+        ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(ys)), ys, fontsize=8)
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                if np.isfinite(z[i, j]):
+                    ax.text(j, i, f"{z[i, j]:.3g}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_xlabel(kx)
+        ax.set_ylabel(ky)
+        fig.colorbar(im, label=f"{metric} (mean over the rest)")
+        fig.tight_layout()
+        fig.savefig(out / "heatmap.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "heatmap.png")
+    if "learning_rate" in swept:
+        rows = best_learning_rates(records, swept)
+        fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.5))
+        labels = [" ".join(str(v) for k, v in r.items() if k not in ("best_learning_rate", metric, "tried"))
+                  for r in rows]
+        ax.barh(range(len(rows)), [float(r["best_learning_rate"]) for r in rows])
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("best learning rate")
+        fig.tight_layout()
+        fig.savefig(out / "best_lr.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "best_lr.png")
+    return written
+
+
+def _sortkey(v: str):
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
