@@ -81,14 +81,28 @@ def _device_info() -> dict:
             "jax_version": jax.__version__}
 
 
-def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int):
+def per_worker_grads(loss: Callable, worker_batch: int | None = None) -> Callable:
+    """``(stacked_params, stacked_batch) -> (losses (n,), stacked_grads)``: every worker's loss and gradient.
+
+    ``worker_batch=None`` vectorizes all n workers at once (``jax.vmap``); an int k runs them in groups of k with
+    ``lax.map(..., batch_size=k)``, bounding activation memory to k workers at a time (for thousands of workers or
+    large models). Both give the same numbers.
+    """
+    vg = jax.value_and_grad(loss)
+    if worker_batch is None:
+        return jax.vmap(vg)
+    return lambda params, batch: jax.lax.map(lambda pb: vg(*pb), (params, batch), batch_size=worker_batch)
+
+
+def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
+               worker_batch: int | None = None):
     """One simulated step ``(state, t, data, worker_keys, alg_key, hp) -> (state, mean_loss, aux)``, vectorized
     over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace, so hyperparameters ``hp`` may be traced
     (batched runs); for a single run it ignores ``hp``."""
     n = task.n_workers
     workers = jnp.arange(n)
     weights = np.asarray(task.worker_weights, np.float64)
-    grad_fn = jax.vmap(jax.value_and_grad(task.loss))
+    grad_fn = per_worker_grads(task.loss, worker_batch)
     sample_fn = jax.vmap(task.sample, in_axes=(None, 0, 0, None, None))
 
     def step(state, t, data, worker_keys, alg_key, hp):
@@ -102,12 +116,13 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
     return step
 
 
-def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int, traces: list):
+def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int, traces: list,
+                worker_batch: int | None = None):
     """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
     ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
     chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). Appends to ``traces`` each time
     it is traced (= compiled)."""
-    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size)
+    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch)
 
     def chunk(state, start, data, worker_keys, alg_key, hp, length):
         traces.append(length)
@@ -218,6 +233,7 @@ def simulate(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    worker_batch: int | None = None,
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
@@ -246,6 +262,8 @@ def simulate(
         one intact).
       resume: continue from the latest checkpoint in ``checkpoint_dir`` (if any); the final result equals an
         uninterrupted run's exactly.
+      worker_batch: compute the workers' gradients k at a time (``lax.map`` with ``batch_size=k``) instead of all
+        n at once, when the stacked activations would not fit in memory (see :func:`per_worker_grads`).
 
     Returns:
       :class:`SimulationResult`.
@@ -260,6 +278,8 @@ def simulate(
         if checkpoint_dir is None or checkpoint_every % eval_every:
             raise ValueError(f"checkpoint_every={checkpoint_every} needs checkpoint_dir and must be a multiple of "
                              f"eval_every={eval_every}")
+    if worker_batch is not None:
+        _check_int("worker_batch", worker_batch)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     layout = None if devices is None else placement(devices, task.n_workers)
@@ -267,7 +287,7 @@ def simulate(
     state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
     traces: list = []
     algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
-    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces)
+    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch)
 
     def run(state, start, data, worker_keys, alg_key, length):
         return chunk(state, start, data, worker_keys, alg_key, None, length)

@@ -1,5 +1,6 @@
 """The runner: chunk-size independence, one compilation, validation before compiling, divergence handling."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -91,3 +92,14 @@ def test_random_quadratics_heterogeneity_and_distance():
     assert np.abs(g.sum(0)).max() < 1e-3  # x* is the global optimum
     s = np.linalg.svd(A[0], compute_uv=False)
     np.testing.assert_allclose(np.sort(s), np.linspace(0.5, 1.0, 4), rtol=1e-4)
+
+
+def test_worker_groups_equal_full_vmap():
+    task = simdl.tasks.classification("digits", "mlp", n_workers=8, partition="iid", seed=0)
+    a = simdl.simulate(task, dsgd(0.1, momentum=0.9), T.ring(8), steps=10, batch_size=8, eval_every=10)
+    b = simdl.simulate(task, dsgd(0.1, momentum=0.9), T.ring(8), steps=10, batch_size=8, eval_every=10,
+                       worker_batch=3)
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="worker_batch"):
+        simdl.simulate(task, dsgd(0.1), T.ring(8), steps=10, batch_size=8, worker_batch=0)
