@@ -65,7 +65,7 @@ learning_rate = 0.1
     (["--set", "train.batch_size=1000"], "batch_size=1000"),
     (["--set", "task.dataset=imagenet"], "imagenet"),
     (["--set", "task.model=transformer"], "transformer"),
-    (["--set", "runs.9.learning_rate=1"], "out of range"),
+    (["--set", "runs.99.learning_rate=1"], "out of range"),
 ])
 def test_bad_input_is_rejected_with_a_clear_message(tmp_path, capsys, args, needle):
     rc = main(["run", "--out", str(tmp_path), "--quiet", *args])
