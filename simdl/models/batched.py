@@ -11,6 +11,11 @@ result is differentiable and jit-able; all strategies give the same numbers (up 
 * ``"loop"``: a Python loop unrolled into the program (n copies of the model; compile time grows with n).
 * ``"auto"``: ``"vmap"`` on accelerators; on CPU ``"map"`` when the parameters hold a 4-D ``kernel`` (a
   convolution), else ``"vmap"``.
+
+Measured (2-core CPU, jax 0.10.2, SmallCNN, n = 16, B = 32, forward + backward): 8×8×1 inputs, ``vmap`` with
+JAX's conv autodiff ~0.6k worker-samples/s, ``map`` + ``conv_impl="xla"`` ~18k (one model at batch n·B: ~20k);
+28×28×1: ``vmap`` ~0.03k, ``map`` + ``"xla"`` ~1.2k (batch n·B: ~0.8k). Wrapping the whole per-worker
+``value_and_grad`` (``per_worker_apply(jax.value_and_grad(loss), "map")``) is as fast.
 """
 
 from __future__ import annotations

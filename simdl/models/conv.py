@@ -14,6 +14,9 @@ generic path (measured 10-70x slower). The implementations here avoid both:
 * ``"lax"``: plain ``lax.conv_general_dilated`` with JAX's autodiff (the reference).
 * ``"auto"``: ``"xla"``.
 
+``"xla"`` supports reverse mode (also grad-of-grad) but not forward mode (``jax.jvp``/``jacfwd``): use
+``"lax"`` or ``"patches"`` for those.
+
 All take and give NHWC float arrays and HWIO kernels, so the same parameters work with every implementation.
 """
 

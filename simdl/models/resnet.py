@@ -48,8 +48,8 @@ class BasicBlock(nn.Module):
 class ResNet20(nn.Module):
     """CIFAR ResNet-20 (He et al. 2016, arXiv 1512.03385): conv3×3(16) + norm + ReLU, three stages of three
     :class:`BasicBlock` with 16/32/64 channels (stride 2 entering stages 2 and 3), global average pooling,
-    ``Dense(num_classes)``. 0.27M params (0.272M with ``shortcut="pad"``, 0.275M with the default projection
-    shortcuts, 10 classes).
+    ``Dense(num_classes)``. 0.27M params with 10 classes and GroupNorm: 272,474 with the default projection
+    shortcuts, 269,722 with ``shortcut="pad"``.
 
     Attributes:
       num_classes: output classes.

@@ -74,6 +74,7 @@ def classification(
     from simdl.data import load_dataset
     from simdl.data.partition import partition as make_partition
     from simdl.models import get_model
+    from simdl.models.batched import per_worker_apply
 
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)}")
@@ -159,7 +160,7 @@ def classification(
         xbar = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), stacked)
         test_loss, test_acc = _scan_eval(xbar, data["test"])
         train_loss, _ = _scan_eval(xbar, data["train_eval"])
-        _, worker_acc = jax.vmap(lambda p: _scan_eval(p, data["test"]))(stacked)
+        _, worker_acc = per_worker_apply(lambda p: _scan_eval(p, data["test"]))(stacked)
         return {
             "avg_model_loss": train_loss,
             "avg_model_test_loss": test_loss,
