@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simdl.algorithms.base import Algorithm
+from simdl.faults import as_faults, check_algorithm
 from simdl.mixing import make_mixer
 from simdl.simulate import (
     Recorder,
@@ -58,6 +59,7 @@ def simulate_batch(
     eval_every: int | None = None,
     mixing: str = "auto",
     callback: Callable[[int, list[dict | None]], None] | None = None,
+    faults=None,
 ) -> list[SimulationResult]:
     """Run R simulations that share one compiled program, vmapped over a leading run axis.
 
@@ -73,6 +75,7 @@ def simulate_batch(
       steps, batch_size, eval_every, mixing: as in :func:`simdl.simulate`.
       seeds: R seeds (default ``0, 1, ...``).
       callback: called after each evaluation with ``(step, rows)``, one row per run (None once a run diverged).
+      faults: :class:`simdl.faults.Faults` shared by all runs (each run draws its own masks from its seed).
 
     Returns:
       R :class:`SimulationResult`, equal (up to float reassociation) to R separate :func:`simdl.simulate` calls.
@@ -93,6 +96,8 @@ def simulate_batch(
         validate(task, alg, topology, steps, batch_size, eval_every)
         if task.n_workers != tasks[0].n_workers or task.shard_size != tasks[0].shard_size:
             raise ValueError("runs batched together need the same n_workers and shard size")
+    faults = as_faults(faults)
+    check_algorithm(faults, algs[0], topology, tasks[0])
     mixer = make_mixer(topology, mixing)
     inits = [init_state(t, a, topology, mixer, s) for t, a, s in zip(tasks, algs, seeds, strict=True)]
     state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[i[0] for i in inits])
@@ -101,7 +106,7 @@ def simulate_batch(
     data, data_axes = _shared_or_stacked([t.data for t in tasks])
     hp = {k: jnp.asarray([float(h[k]) for h in hparams], jnp.float32) for k in keys}
     traces: list = []
-    chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, traces)
+    chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, traces, faults=faults)
     evaluate = build_evaluate(tasks[0], algorithm_fn)
 
     def run(state, start, data, worker_keys, alg_keys, hp, length):
@@ -147,6 +152,7 @@ def simulate_batch(
                 "algorithm": {"name": algs[r].name, **algs[r].hyperparams, **hparams[r]},
                 "topology": topology.describe(), "steps": steps, "batch_size": batch_size, "seed": seeds[r],
                 "eval_every": eval_every, "mixing": mixer.method, "compiles": len(traces), "batched_runs": R,
+                "faults": None if faults is None else faults._asdict(),
                 "wall_time_s": wall, "compile_time_s": compile_s, "steps_done": int(hist["step"][-1]) if len(
                     hist.get("step", [])) else 0, **_device_info()}
         out.append(SimulationResult(params_r, hist, {k: float(v[-1]) for k, v in hist.items()}, diverged[r], info,

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
-from simdl.config import RUN_KEYS, TRAIN_KEYS, apply_override, expand_runs, load_config
+from simdl.config import TRAIN_KEYS, apply_override, expand_runs, load_config
 
 EPILOG_RUN = """\
 config layout (TOML; every key can be overridden with --set section.key=value):
   [task]          dataset ("digits" | mnist | fashion_mnist | cifar10 | cifar100 | emnist), model (mlp | cnn | ...),
                   n_workers, partition (iid | dirichlet | shards), alpha (Dirichlet α > 0),
                   classes_per_worker (shards), seed  -- or kind = "random_quadratics" with dim, mu, L, zeta2, r0, noise
-  [train]         steps, batch_size (per worker), eval_every, seed, mixing (auto | dense | sparse | shift | mean)
+  [train]         steps (or epochs: steps = epochs * ceil(shard / batch)), batch_size (per worker), eval_every,
+                  seed, mixing (auto | dense | sparse | shift | mean),
+                  worker_batch (compute gradients k workers at a time to bound memory; see --memory),
+                  simulated faults (per-step probabilities, default 0; see simdl.faults): message_drop (each gossip
+                  message lost), link_failure (each edge down, both directions), straggler (a worker's gradient
+                  is zeroed); gossip faults need an algorithm that mixes via ctx.mix (dsgd, qg_dsgdm, ...)
   [run_defaults]  keys applied to every run
   [[runs]]        one table per run: algorithm, topology (ring | chain | torus | complete | star | hypercube |
                   exponential | one_peer_exponential | erdos_renyi | social_network | binary_tree |
                   double_binary_trees), topology_args (table), name, and the algorithm's hyperparameters
-                  (learning_rate, momentum, nesterov, weight_decay, local_steps, ...)
+                  (learning_rate, momentum, nesterov, weight_decay, local_steps, ...) and the recipes of
+                  simdl.recipes: schedule = {kind = "warmup_multistep", warmup_epochs = 5, milestones = [0.5, 0.75],
+                  decay = 0.1} (kinds: constant | warmup_multistep | warmup_cosine), lr_scaling = "linear" | "sqrt"
+                  (or {rule = ..., base_batch = 64}), decay_norm = false (no weight decay on norms/biases),
+                  local_epochs (local_sgd)
+  scale           top-level key: "full" (default) or "tiny" (a 4-step smoke test: --set scale=tiny)
 examples:
   simdl run                                   # the default experiment on the embedded digits dataset
   simdl run --set task.alpha=1.0 --set train.steps=500 --out runs/alpha1
   simdl run my.toml --set runs.0.learning_rate=0.05
-outputs: DIR/results.json (config, histories, final metrics, versions, device), DIR/summary.csv, DIR/*.png
+  simdl run --set train.message_drop=0.2 --tensorboard runs/tb   # lossy gossip, curves in TensorBoard
+outputs: DIR/results.json (config, histories, final metrics, versions, device), DIR/summary.csv, DIR/*.png;
+  with --tensorboard TB: TB/<run name>/events.out.tfevents.* (every history metric vs step; needs tensorboardX)
 """
 
 
@@ -48,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder for results.json, summary.csv and plots (default: runs/latest)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--memory", action="store_true",
+                   help="print each run's memory estimate (state, data, compiled step) before running it")
+    _tensorboard_arg(r)
     sw = sub.add_parser("sweep", help="run a grid of experiments; batched runs share one compiled program",
                         description="Expand the [sweep] grid of CONFIG (product with its [[runs]]), batch runs that "
                                     "differ only in seeds, learning rates or Dirichlet α along a vmapped run axis, run "
@@ -84,6 +98,11 @@ DIR/best_lr.csv and DIR/best_lr.png (when learning_rate is swept)
 """
 
 
+def _tensorboard_arg(p) -> None:
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also write TensorBoard event files, one subfolder per run (needs: pip install tensorboardX)")
+
+
 def _sweep_args(p, default_out: str) -> None:
     p.add_argument("config", help="TOML sweep config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -91,6 +110,7 @@ def _sweep_args(p, default_out: str) -> None:
     p.add_argument("--out", default=default_out, metavar="DIR", help=f"output folder (default: {default_out})")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _tensorboard_arg(p)
 
 
 def _task_from_config(cfg: dict):
@@ -107,12 +127,10 @@ def _task_from_config(cfg: dict):
 
 def _build_run(run: dict, task, train: dict):
     import simdl
+    from simdl.recipes import resolve_run_kwargs
 
     topo = simdl.topologies.get(run.get("topology", "ring"), task.n_workers, **run.get("topology_args", {}))
-    kwargs = {k: v for k, v in run.items() if k not in RUN_KEYS}
-    if run["algorithm"] == "model_averaging_clr" and "steps_per_epoch" not in kwargs:
-        kwargs["steps_per_epoch"] = max(1, math.ceil(task.shard_size / train["batch_size"]))
-    alg = simdl.algorithms.get(run["algorithm"], **kwargs)
+    alg = simdl.algorithms.get(run["algorithm"], **resolve_run_kwargs(run, task, train))
     return topo, alg
 
 
@@ -155,10 +173,13 @@ def cmd_list() -> int:
 
 
 def cmd_run(args) -> int:
+    from simdl.scale import apply_scale
+
     cfg = load_config(args.config)
     for item in args.overrides:
         cfg = apply_override(cfg, item)
-    train = {"steps": 1000, "batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto"}
+    cfg = apply_scale(cfg)
+    train = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto", "worker_batch": None}
     unknown = sorted(set(cfg.get("train", {})) - set(TRAIN_KEYS))
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
@@ -169,18 +190,38 @@ def cmd_run(args) -> int:
 
     import simdl
     from simdl.plots import plot_runs
+    from simdl.recipes import resolve_train
     from simdl.results import summary_rows, write_outputs
     from simdl.simulate import validate
 
     # Everything that can be checked is checked before the first compilation.
+    faults = simdl.faults.from_config(train)
+    tb_writer = None
+    if args.tensorboard:
+        from simdl.tensorboard import MISSING, available
+        from simdl.tensorboard import RunWriter as tb_writer
+
+        if not available():
+            raise ValueError(MISSING)
     task = _task_from_config(cfg)
+    train = resolve_train(train, task)  # steps from train.steps or train.epochs (simdl.recipes)
     built = []
     for run in runs:
         topo, alg = _build_run(run, task, train)
         eval_every = train["eval_every"] or max(1, train["steps"] // 20)
         validate(task, alg, topo, train["steps"], train["batch_size"], eval_every)
         simdl.mixing.choose_method(topo, train["mixing"])
+        simdl.faults.check_algorithm(faults, alg, topo, task)
         built.append((run, topo, alg))
+    wb = train["worker_batch"]
+    if wb is not None and (isinstance(wb, bool) or not isinstance(wb, int) or wb < 1):
+        raise ValueError(f"train.worker_batch must be an integer >= 1, got {wb!r}")
+    if args.memory:
+        from simdl.memory import estimate, format_estimate
+
+        for run, topo, alg in built:
+            est = estimate(task, alg, topo, train["batch_size"], wb, train["mixing"])
+            print(f"{run['name']}: {format_estimate(est)}", flush=True)
 
     out = Path(args.out)
     dev = jax.devices()[0]
@@ -197,16 +238,23 @@ def cmd_run(args) -> int:
             if bar is not None:
                 bar.set_description(run["name"])
             last = [0]
+            tb = None if tb_writer is None else tb_writer(args.tensorboard, run["name"])
 
-            def progress(step, row, last=last):
+            def progress(step, row, last=last, tb=tb):
                 if bar is not None:
                     bar.update(step - last[0])
                     last[0] = step
+                if tb is not None:
+                    tb.add_row(row)
 
             t0 = time.perf_counter()
-            res = simdl.simulate(task, alg, topo, steps=train["steps"], batch_size=train["batch_size"],
-                                 seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
-                                 callback=progress)
+            try:
+                res = simdl.simulate(task, alg, topo, steps=train["steps"], batch_size=train["batch_size"],
+                                     seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
+                                     callback=progress, faults=faults, worker_batch=wb)
+            finally:
+                if tb is not None:
+                    tb.close()
             if bar is not None:
                 bar.update(train["steps"] - last[0])
             status = "ok" if res.diverged_at is None else "diverged"
@@ -227,15 +275,18 @@ def cmd_run(args) -> int:
         plot_runs(payload["runs"], out)
     print()
     _print_table(summary_rows(payload["runs"]))
-    print(f"\nwrote {out / 'results.json'}, {out / 'summary.csv'}" + ("" if args.no_plots else " and plots"))
+    print(f"\nwrote {out / 'results.json'}, {out / 'summary.csv'}" + ("" if args.no_plots else " and plots")
+          + (f"; TensorBoard event files under {args.tensorboard}" if args.tensorboard else ""))
     return 0
 
 
 def _load_sweep(args) -> dict:
+    from simdl.scale import apply_scale
+
     cfg = load_config(args.config, extra_sections=("sweep",))
     for item in args.overrides:
         cfg = apply_override(cfg, item, extra_sections=("sweep",))
-    return cfg
+    return apply_scale(cfg)
 
 
 def cmd_sweep(args, cfg: dict | None = None) -> int:
@@ -260,7 +311,18 @@ def cmd_sweep(args, cfg: dict | None = None) -> int:
 
         bar = tqdm(total=len(plan.specs), initial=finished, unit="run", desc="sweep", dynamic_ncols=True)
 
+    tb_root = getattr(args, "tensorboard", None)
+    if tb_root:
+        from simdl.tensorboard import MISSING, available, write_history
+
+        if not available():
+            raise ValueError(MISSING)
+    written: set = set()
+
     def on_run(rec):
+        if tb_root:
+            write_history(tb_root, f"{rec['label']}-{rec['id']}", rec["history"])
+            written.add(rec["id"])
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(rec["label"][:40])
@@ -274,6 +336,10 @@ def cmd_sweep(args, cfg: dict | None = None) -> int:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    if tb_root:  # runs finished by an earlier invocation of this sweep
+        for rec in records:
+            if rec["id"] not in written:
+                write_history(tb_root, f"{rec['label']}-{rec['id']}", rec["history"])
     write_csv(records, plan.swept, out)
     lr_rows = best_learning_rates(records, plan.swept) if "learning_rate" in plan.swept else []
     write_best_lr(lr_rows, out)

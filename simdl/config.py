@@ -8,8 +8,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("task", "train", "run_defaults", "runs", "output")
-TRAIN_KEYS = ("steps", "batch_size", "eval_every", "seed", "mixing")
+SECTIONS = ("task", "train", "run_defaults", "runs", "output", "scale")  # "scale": a top-level key (simdl.scale)
+TRAIN_KEYS = ("steps", "epochs", "batch_size", "eval_every", "seed", "mixing", "message_drop", "link_failure",
+              "straggler", "worker_batch")
 RUN_KEYS = ("name", "algorithm", "topology", "topology_args")
 
 

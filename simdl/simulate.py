@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simdl.algorithms.base import Algorithm, Context
+from simdl.faults import as_faults, check_algorithm, injector
 from simdl.metrics import consensus_distance
 from simdl.mixing import make_mixer
 from simdl.sharding import make_sharded_mixer, placement
@@ -81,25 +82,32 @@ def _device_info() -> dict:
             "jax_version": jax.__version__}
 
 
-def per_worker_grads(loss: Callable, worker_batch: int | None = None) -> Callable:
+def per_worker_grads(loss: Callable, worker_batch: int | None = None, execution: str = "auto") -> Callable:
     """``(stacked_params, stacked_batch) -> (losses (n,), stacked_grads)``: every worker's loss and gradient.
 
-    ``worker_batch=None`` vectorizes all n workers at once (``jax.vmap``); an int k runs them in groups of k with
-    ``lax.map(..., batch_size=k)``, bounding activation memory to k workers at a time (for thousands of workers or
-    large models). Both give the same numbers.
+    ``execution`` picks how the n per-worker computations run (:func:`simdl.models.batched.per_worker_apply`):
+    ``"vmap"`` (all n at once), ``"map"`` (``lax.map``, one worker or ``worker_batch`` workers per iteration: on CPU
+    this avoids the grouped convolutions vmap creates for per-worker conv kernels), ``"loop"``, or ``"auto"``
+    (default: vmap on accelerators and for dense models, map for convolutional models on CPU; chosen by measurement,
+    see ``benchmarks/``). An int ``worker_batch`` = k forces ``lax.map`` over groups of k workers, bounding
+    activation memory to k workers at a time. All choices give the same numbers.
     """
+    from simdl.models.batched import per_worker_apply
+
     vg = jax.value_and_grad(loss)
-    if worker_batch is None:
-        return jax.vmap(vg)
-    return lambda params, batch: jax.lax.map(lambda pb: vg(*pb), (params, batch), batch_size=worker_batch)
+    if worker_batch is not None:
+        return per_worker_apply(vg, "map", worker_batch)
+    return per_worker_apply(vg, execution)
 
 
 def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
-               worker_batch: int | None = None):
+               worker_batch: int | None = None, faults=None):
     """One simulated step ``(state, t, data, worker_keys, alg_key, hp) -> (state, mean_loss, aux)``, vectorized
     over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace, so hyperparameters ``hp`` may be traced
-    (batched runs); for a single run it ignores ``hp``."""
+    (batched runs); for a single run it ignores ``hp``. ``faults`` (:mod:`simdl.faults`) zeroes stragglers' gradients
+    and replaces ``ctx.mix`` by the step's faulty mixing; its counters join ``aux``."""
     n = task.n_workers
+    inject = injector(faults, topology)
     workers = jnp.arange(n)
     weights = np.asarray(task.worker_weights, np.float64)
     grad_fn = per_worker_grads(task.loss, worker_batch)
@@ -109,20 +117,23 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
         algorithm = algorithm_fn(hp)
         batch = sample_fn(data, worker_keys, workers, t, batch_size)
         losses, grads = grad_fn(algorithm.query(state), batch)
-        ctx = Context(t, jax.random.fold_in(alg_key, t), topology, partial(mixer, step=t), weights)
+        mix, counters = partial(mixer, step=t), {}
+        if inject is not None:
+            grads, mix, counters = inject(grads, mix, t, alg_key)
+        ctx = Context(t, jax.random.fold_in(alg_key, t), topology, mix, weights)
         state, aux = algorithm.step(state, grads, ctx)
-        return state, jnp.mean(losses), aux
+        return state, jnp.mean(losses), {**aux, **counters}
 
     return step
 
 
 def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int, traces: list,
-                worker_batch: int | None = None):
+                worker_batch: int | None = None, faults=None):
     """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
     ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
     chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). Appends to ``traces`` each time
-    it is traced (= compiled)."""
-    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch)
+    it is traced (= compiled). ``faults``: see :func:`build_step`."""
+    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults)
 
     def chunk(state, start, data, worker_keys, alg_key, hp, length):
         traces.append(length)
@@ -234,6 +245,7 @@ def simulate(
     checkpoint_every: int | None = None,
     resume: bool = False,
     worker_batch: int | None = None,
+    faults=None,
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
@@ -264,6 +276,9 @@ def simulate(
         uninterrupted run's exactly.
       worker_batch: compute the workers' gradients k at a time (``lax.map`` with ``batch_size=k``) instead of all
         n at once, when the stacked activations would not fit in memory (see :func:`per_worker_grads`).
+      faults: simulated faults, a :class:`simdl.faults.Faults` (or a dict with its keys): per-step message drops,
+        link failures and stragglers, seeded from ``seed`` and independent of ``eval_every``; probabilities of 0
+        change nothing. See :mod:`simdl.faults` for the exact semantics and the algorithms that support them.
 
     Returns:
       :class:`SimulationResult`.
@@ -282,12 +297,14 @@ def simulate(
         _check_int("worker_batch", worker_batch)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    faults = as_faults(faults)
+    check_algorithm(faults, algorithm, topology, task)
     layout = None if devices is None else placement(devices, task.n_workers)
     mixer = make_mixer(topology, mixing) if layout is None else make_sharded_mixer(topology, layout.mesh, mixing)
     state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
     traces: list = []
     algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
-    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch)
+    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults)
 
     def run(state, start, data, worker_keys, alg_key, length):
         return chunk(state, start, data, worker_keys, alg_key, None, length)
@@ -364,5 +381,6 @@ def simulate(
         "steps": steps, "batch_size": batch_size, "seed": seed, "eval_every": eval_every,
         "mixing": mixer.method, "compiles": len(traces), "wall_time_s": wall, "compile_time_s": compile_s,
         "steps_done": done, "devices": 1 if layout is None else int(layout.mesh.size), **_device_info(),
+        "faults": None if faults is None else faults._asdict(),
     }
     return SimulationResult(algorithm.params(state), hist, final, diverged_at, info, state)

@@ -132,26 +132,38 @@ def train_settings(train_cfg: dict) -> dict:
     unknown = sorted(set(train_cfg) - set(TRAIN_KEYS))
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
-    out = {"steps": 1000, "batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto"}
+    out = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto"}  # steps: recipes.resolve_train
     out.update(train_cfg)
     return out
 
 
-def algorithm_builder(run: dict, task):
-    """``fn(hp) -> Algorithm`` for a run; ``hp`` may carry a traced ``learning_rate`` (passed as a schedule)."""
-    import math
+def train_faults(train: dict):
+    """The :class:`simdl.faults.Faults` of a ``[train]`` table (``message_drop``, ``link_failure``, ``straggler``),
+    or ``None`` when none is set."""
+    from simdl.faults import from_config
 
+    return from_config(train)
+
+
+def algorithm_builder(run: dict, task, train: dict | None = None):
+    """``fn(hp) -> Algorithm`` for a run; ``hp`` may carry a traced ``learning_rate`` (passed as a schedule).
+
+    The run's recipe keys (``schedule``, ``lr_scaling``, ``decay_norm``, ``local_epochs``) are resolved by
+    :func:`simdl.recipes.resolve_run_kwargs`. A batched learning rate is scaled and shaped the same way
+    (:func:`simdl.recipes.learning_rate_fn`: ``t -> lr · factor · shape(t)``), so runs with schedules stay
+    batchable along the learning rate. ``train``: the resolved ``[train]`` settings (default: the defaults).
+    """
     import simdl
+    from simdl.recipes import learning_rate_fn, resolve_run_kwargs, resolve_train
 
-    static = run_kwargs(run)
-    if run["algorithm"] == "model_averaging_clr" and "steps_per_epoch" not in static:
-        static["steps_per_epoch"] = max(1, math.ceil(task.shard_size / static.pop("_batch_size", 32)))
+    train = resolve_train(train_settings({}) if train is None else train, task)
+    static = resolve_run_kwargs(run, task, train)
+    to_lr = learning_rate_fn(run, task, train)
 
     def fn(hp):
         kw = dict(static)
         if "learning_rate" in hp:
-            lr = hp["learning_rate"]
-            kw["learning_rate"] = lr if isinstance(lr, (int, float)) else (lambda t, lr=lr: lr)
+            kw["learning_rate"] = to_lr(hp["learning_rate"])
         return simdl.algorithms.get(run["algorithm"], **kw)
 
     return fn
@@ -162,6 +174,7 @@ class Planned:
 
     def __init__(self, cfg: dict):
         import simdl
+        from simdl.recipes import resolve_train
         from simdl.simulate import validate
 
         self.specs = expand_grid(cfg)
@@ -171,15 +184,15 @@ class Planned:
         self.built = {}
         for spec in self.specs:  # build and validate everything before the first compilation
             task = self.task(spec["task"])
-            train = train_settings(spec["train"])
-            run = dict(spec["run"], _batch_size=train["batch_size"]) if spec["run"]["algorithm"] == \
-                "model_averaging_clr" else spec["run"]
+            train = resolve_train(train_settings(spec["train"]), task)
+            run = spec["run"]
             topo = simdl.topologies.get(run.get("topology", "ring"), task.n_workers, **run.get("topology_args", {}))
-            fn = algorithm_builder(run, task)
+            fn = algorithm_builder(run, task, train)
             alg = fn({})
             eval_every = train["eval_every"] or max(1, train["steps"] // 20)
             validate(task, alg, topo, train["steps"], train["batch_size"], eval_every)
             simdl.mixing.choose_method(topo, train["mixing"])
+            simdl.faults.check_algorithm(train_faults(train), alg, topo, task)
             self.built[spec["id"]] = (task, topo, fn, train)
 
     def task(self, task_cfg: dict):
@@ -215,14 +228,16 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
         t0 = time.perf_counter()
         if len(todo) == 1:
             results = [simdl.simulate(task0, fn({}), topo, steps=train["steps"], batch_size=train["batch_size"],
-                                      seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"])]
+                                      seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
+                                      faults=train_faults(train))]
         else:
             tasks = [plan.built[s["id"]][0] for s in todo]
             hps = [{"learning_rate": float(s["run"]["learning_rate"])} if "learning_rate" in s["run"] else {}
                    for s in todo]
             seeds = [int(s["train"].get("seed", 0)) for s in todo]
             results = simulate_batch(tasks, fn, hps, topo, steps=train["steps"], batch_size=train["batch_size"],
-                                     seeds=seeds, eval_every=train["eval_every"], mixing=train["mixing"])
+                                     seeds=seeds, eval_every=train["eval_every"], mixing=train["mixing"],
+                                     faults=train_faults(train))
         wall = time.perf_counter() - t0
         for spec, res in zip(todo, results, strict=True):
             rec = _record(spec, res, g, wall / len(todo))

@@ -104,7 +104,8 @@ def qg_dsgdm(learning_rate, momentum: float = 0.9, nesterov: bool = True, weight
         x = state.params
         half = _tmap(lambda x, g, mh: (x - lr * direction(x, g, mh)).astype(x.dtype), x, grads, state.buffer)
         new = ctx.mix(half)
-        buf = _tmap(lambda mh, a, b: (mu_ * mh + (1.0 - mu_) * (a - b) / lr).astype(mh.dtype), state.buffer, x, new)
+        eta = jnp.maximum(lr, 1e-8)  # as the reference code: a warm-up from lr = 0 must not divide by zero
+        buf = _tmap(lambda mh, a, b: (mu_ * mh + (1.0 - mu_) * (a - b) / eta).astype(mh.dtype), state.buffer, x, new)
         return QGMState(new, buf), {"lr": lr, "bytes_sent": gossip_bytes(ctx, x)}
 
     hp = _hyper(learning_rate=learning_rate, momentum=beta, nesterov=nesterov, weight_decay=wd, mu=mu_)

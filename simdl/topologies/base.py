@@ -151,9 +151,14 @@ class Topology:
 
     # ----------------------------------------------------------------- spectral quantities
     @cached_property
+    def eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of ``weights`` (computed once per topology; float64, complex for non-symmetric W)."""
+        return spectral.eigenvalues(self.weights)
+
+    @cached_property
     def rho(self) -> float:
         """``max(|λ_2|, |λ_n|)`` of ``weights`` (time-varying: of the static ``weights_at(0)`` only)."""
-        return spectral.rho(self.weights)
+        return spectral.rho(self.weights, self.eigenvalues)
 
     @property
     def spectral_gap(self) -> float:
@@ -163,7 +168,7 @@ class Topology:
     @cached_property
     def lambda_min(self) -> float:
         """Smallest eigenvalue of ``weights`` (real part if non-symmetric; time-varying: weights_at(0))."""
-        return spectral.lambda_min(self.weights)
+        return spectral.lambda_min(self.weights, self.eigenvalues)
 
     # ----------------------------------------------------------------- graph quantities
     @cached_property

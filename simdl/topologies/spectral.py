@@ -20,14 +20,14 @@ def eigenvalues(weights: np.ndarray) -> np.ndarray:
     return np.linalg.eigvals(w)
 
 
-def rho(weights: np.ndarray) -> float:
+def rho(weights: np.ndarray, ev: np.ndarray | None = None) -> float:
     """Second-largest eigenvalue modulus ``ρ = max(|λ_2|, |λ_n|)`` of a row-stochastic (n, n) W.
 
     The eigenvalue closest to 1 (the consensus eigenvalue λ_1 = 1) is removed and ρ is the largest modulus
     of the rest; for non-symmetric W the moduli of the complex eigenvalues are used. n = 1 gives ρ = 0.
-    A disconnected (or periodic) W gives ρ = 1.
+    A disconnected (or periodic) W gives ρ = 1. ``ev``: precomputed :func:`eigenvalues` of ``weights``.
     """
-    ev = eigenvalues(weights)
+    ev = eigenvalues(weights) if ev is None else ev
     if ev.size <= 1:
         return 0.0
     rest = np.delete(ev, int(np.argmin(np.abs(ev - 1.0))))
@@ -39,13 +39,13 @@ def spectral_gap(weights: np.ndarray) -> float:
     return 1.0 - rho(weights)
 
 
-def lambda_min(weights: np.ndarray) -> float:
+def lambda_min(weights: np.ndarray, ev: np.ndarray | None = None) -> float:
     """Smallest eigenvalue of W (smallest real part for non-symmetric W).
 
     Needed for D² (requires λ_min > -1/3, arXiv 1803.07068) and the CDSGD step size bound
     α ≤ (1 + λ_min)/L (arXiv 1706.07880).
     """
-    return float(np.min(np.real(eigenvalues(weights))))
+    return float(np.min(np.real(eigenvalues(weights) if ev is None else ev)))
 
 
 def circulant_offsets(weights: np.ndarray, atol: float = 1e-15) -> tuple[tuple[int, float], ...] | None:

@@ -1,0 +1,238 @@
+"""Simulated faults: message drops, link failures, stragglers (simdl.faults) and their wiring into the runner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import simdl
+from simdl.algorithms import Algorithm, dsgd
+from simdl.faults import Faults, as_faults, faulty_gossip, injector, straggler_mask
+from simdl.mixing import make_mixer
+from simdl.simulate import build_step
+
+T = simdl.topologies
+
+
+@pytest.fixture(scope="module")
+def quad():
+    return simdl.tasks.random_quadratics(n_workers=8, dim=8, zeta2=1.0, r0=10.0, noise=0.1, seed=1)
+
+
+def _numpy_w(topology, alive, step):
+    """W'_t rebuilt in numpy from the topology's neighbour slots and a slot mask."""
+    index, weight = topology.neighbor_slots(step)
+    n = topology.n
+    w = np.zeros((n, n))
+    for i in range(n):
+        for s in range(index.shape[1]):
+            if s == 0 or alive[i, s]:
+                w[i, index[i, s]] += weight[i, s]
+            else:
+                w[i, i] += weight[i, s]
+    return w
+
+
+def _jitted(g):
+    """(alive, mix_eye, matrix, lost) of a FaultyGossip, each ``f(key, step)`` with uniforms drawn from ``key``,
+    jitted (fast in tests)."""
+    eye = jnp.eye(g.n, dtype=jnp.float32)
+    u = lambda key: jax.random.uniform(key, (g.n_uniforms,))
+    return (jax.jit(lambda k, t: g.alive(u(k), t)), jax.jit(lambda k, t: g(eye, t, u(k))),
+            jax.jit(lambda k, t: g.matrix(u(k), t)), jax.jit(lambda k, t: g.lost(u(k), t)))
+
+
+def _gossip_only():
+    """An algorithm whose step is ``X ← ctx.mix(X)`` (ignores gradients): its new state is W'_t X."""
+    def step(state, grads, ctx):
+        return ctx.mix(state), {"lr": jnp.float32(0.0), "bytes_sent": jnp.zeros((ctx.n,), jnp.float32)}
+
+    return Algorithm("gossip_only", lambda p, ctx: p, step, lambda s: s, lambda s: s, {})
+
+
+def test_zero_probabilities_equal_the_fault_free_run_exactly(quad):
+    assert as_faults(Faults()) is None and as_faults({"message_drop": 0, "straggler": 0.0}) is None
+    base = simdl.simulate(quad, dsgd(0.3, momentum=0.5), T.ring(8), steps=30, eval_every=10, seed=2)
+    spec = {"message_drop": 0.0, "link_failure": 0.0, "straggler": 0.0}
+    res = simdl.simulate(quad, dsgd(0.3, momentum=0.5), T.ring(8), steps=30, eval_every=10, seed=2, faults=spec)
+    np.testing.assert_array_equal(np.asarray(res.params["x"]), np.asarray(base.params["x"]))
+    assert res.history.keys() == base.history.keys() and res.info["faults"] is None
+
+
+@pytest.mark.parametrize("topo", [T.ring(8), T.erdos_renyi(8, 0.5, seed=1), T.one_peer_exponential(8)],
+                         ids=["ring", "erdos_renyi", "one_peer"])
+def test_message_drop_w_is_row_stochastic_and_matches_numpy(topo):
+    alive_f, mix_f, matrix_f, lost_f = _jitted(faulty_gossip(topo, Faults(message_drop=0.4)))
+    dropped = 0
+    for t in range(6):
+        key = jax.random.fold_in(jax.random.PRNGKey(7), t)
+        alive = np.asarray(alive_f(key, t))
+        expected = _numpy_w(topo, alive, t)
+        w = np.asarray(mix_f(key, t))
+        np.testing.assert_allclose(w, expected, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(matrix_f(key, t)), expected, atol=1e-6)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-6)
+        assert (w >= 0).all()
+        _, weight = topo.neighbor_slots(t)
+        dropped += int(((weight != 0) & ~alive)[:, 1:].sum())
+        np.testing.assert_array_equal(np.asarray(lost_f(key, t)), ((weight != 0) & ~alive).sum(axis=1))
+    assert dropped > 0
+
+
+def test_message_drops_are_per_direction():
+    topo = T.ring(16)
+    _, _, matrix_f, _ = _jitted(faulty_gossip(topo, Faults(message_drop=0.5)))
+    asym = False
+    for t in range(4):
+        w = np.asarray(matrix_f(jax.random.PRNGKey(t), t))
+        asym |= not np.allclose(w, w.T)
+    assert asym  # a directed drop: j→i lost while i→j arrives
+
+
+def test_runner_uses_the_masks_of_its_fault_stream(quad):
+    """One runner step of a gossip-only algorithm from X = I gives W'_t, equal to the numpy reconstruction from the
+    masks of the run's fault stream (``injector(...).uniforms(alg_key, t)``)."""
+    topo = T.ring(8)
+    faults = Faults(message_drop=0.4)
+    step = jax.jit(build_step(quad, lambda hp: _gossip_only(), topo, make_mixer(topo), 4, faults=faults))
+    alg_key = jax.random.PRNGKey(3)
+    worker_keys = jax.random.split(jax.random.PRNGKey(4), 8)
+    inj = injector(faults, topo)
+    alive_f = jax.jit(lambda k, t: inj.gossip.alive(inj.uniforms(k, t)[1], t))
+    lost = 0
+    for t in (0, 5, 11):
+        state = {"x": jnp.eye(8, dtype=jnp.float32)}
+        new, _, aux = step(state, jnp.int32(t), quad.data, worker_keys, alg_key, None)
+        alive = np.asarray(alive_f(alg_key, t))
+        np.testing.assert_allclose(np.asarray(new["x"]), _numpy_w(topo, alive, t), atol=1e-6)
+        lost += float(np.sum(aux["messages_lost"]))
+    assert lost > 0
+
+
+@pytest.mark.parametrize("topo", [T.ring(8), T.torus(3, 4), T.erdos_renyi(10, 0.4, seed=2)],
+                         ids=["ring", "torus", "erdos_renyi"])
+def test_link_failures_keep_w_symmetric_doubly_stochastic(topo):
+    alive_f, _, matrix_f, _ = _jitted(faulty_gossip(topo, Faults(link_failure=0.5)))
+    failed = 0
+    for t in range(6):
+        key = jax.random.PRNGKey(100 + t)
+        alive = np.asarray(alive_f(key, t))
+        w = np.asarray(matrix_f(key, t))
+        np.testing.assert_allclose(w, _numpy_w(topo, alive, t), atol=1e-6)
+        np.testing.assert_allclose(w, w.T, atol=1e-7)
+        np.testing.assert_allclose(w.sum(axis=0), 1.0, atol=1e-6)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-6)
+        failed += int((~alive[:, 1:]).sum())
+    assert failed > 0
+
+
+def _gossip_steps(task, topo, faults, steps=8):
+    """``steps`` runner steps of D-SGD with every worker straggling (zero gradients: gossip only) from random X."""
+    step = jax.jit(build_step(task, lambda hp: dsgd(0.1), topo, make_mixer(topo), 4, faults=faults))
+    x = jax.random.normal(jax.random.PRNGKey(0), (topo.n, 8))
+    state = dsgd(0.1).init({"x": x}, None)
+    keys = jax.random.split(jax.random.PRNGKey(1), topo.n)
+    for t in range(steps):
+        state, _, _ = step(state, jnp.int32(t), task.data, keys, jax.random.PRNGKey(2), None)
+    return np.asarray(x), np.asarray(state.params["x"])
+
+
+def test_link_failures_preserve_the_worker_mean_under_gossip(quad):
+    topo = T.ring(8)
+    x0, x = _gossip_steps(quad, topo, Faults(link_failure=0.5, straggler=1.0))
+    np.testing.assert_allclose(x.sum(axis=0), x0.sum(axis=0), atol=2e-5)
+    _, x_clean = _gossip_steps(quad, topo, Faults(straggler=1.0))
+    assert not np.allclose(x, x0) and not np.allclose(x, x_clean)  # it mixed, with failures
+    _, x_drop = _gossip_steps(quad, topo, Faults(message_drop=0.5, straggler=1.0))
+    assert not np.allclose(x_drop.sum(axis=0), x0.sum(axis=0), atol=1e-3)  # drops (row-stochastic) do not
+
+
+def test_straggler_changes_only_by_mixing(quad):
+    """Plain SGD: X⁺ = W (X − η G') with straggling workers' rows of G' zero."""
+    topo, lr, n = T.ring(8), 0.1, 8
+    faults = Faults(straggler=0.5)
+    alg = dsgd(lr)
+    step = jax.jit(build_step(quad, lambda hp: alg, topo, make_mixer(topo), 4, faults=faults))
+    x = jax.random.normal(jax.random.PRNGKey(5), (n, 8))
+    keys = jax.random.split(jax.random.PRNGKey(6), n)
+    alg_key = jax.random.PRNGKey(8)
+    grads = jax.vmap(jax.grad(quad.loss))(
+        {"x": x}, jax.vmap(quad.sample, in_axes=(None, 0, 0, None, None))(quad.data, keys, jnp.arange(n), 3, 4))["x"]
+    working = np.asarray(straggler_mask(injector(faults, topo).uniforms(alg_key, 3)[0], 0.5))
+    assert working.any() and not working.all()
+    state, _, aux = step(alg.init({"x": x}, None), jnp.int32(3), quad.data, keys, alg_key, None)
+    g = np.where(working[:, None], np.asarray(grads), 0.0)
+    expected = topo.weights @ (np.asarray(x, np.float64) - lr * g)
+    np.testing.assert_allclose(np.asarray(state.params["x"]), expected, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(aux["straggler_steps"]), (~working).astype(np.float32))
+    # no gossip (n = 1 style check on a single worker): a straggler does not move at all
+    solo = simdl.tasks.random_quadratics(n_workers=1, dim=3, seed=0)
+    res = simdl.simulate(solo, dsgd(0.1), T.ring(1), steps=5, eval_every=5, faults=Faults(straggler=1.0))
+    np.testing.assert_array_equal(np.asarray(res.params["x"]), 0.0)
+    assert res.history["straggler_steps"][-1] == 5
+
+
+ALL = Faults(message_drop=0.2, link_failure=0.1, straggler=0.2)
+
+
+def test_deterministic_per_seed_and_independent_of_chunk_size(quad):
+    alg = simdl.algorithms.gradient_tracking(0.2)
+    run = lambda seed, every: simdl.simulate(quad, alg, T.torus(2, 4), steps=42, eval_every=every, seed=seed,
+                                             faults=ALL)
+    a, b, c = run(1, 7), run(1, 14), run(0, 14)
+    np.testing.assert_array_equal(np.asarray(a.params["x"]), np.asarray(b.params["x"]))
+    np.testing.assert_array_equal(a.history["messages_lost"][1::2], b.history["messages_lost"])
+    np.testing.assert_array_equal(a.history["straggler_steps"][1::2], b.history["straggler_steps"])
+    assert not np.array_equal(b.history["messages_lost"], c.history["messages_lost"])
+    assert not np.array_equal(np.asarray(b.params["x"]), np.asarray(c.params["x"]))
+    assert a.info["faults"] == ALL._asdict()
+
+
+def test_dense_path_for_high_degree_graphs(quad):
+    topo = T.complete(8)
+    g = faulty_gossip(topo, Faults(message_drop=0.3))
+    assert g.dense
+    alive_f, mix_f, _, _ = _jitted(g)
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_allclose(np.asarray(mix_f(key, 0)), _numpy_w(topo, np.asarray(alive_f(key, 0)), 0), atol=1e-6)
+    res = simdl.simulate(quad, dsgd(0.3), topo, steps=10, eval_every=10, faults=Faults(link_failure=0.3))
+    assert res.diverged_at is None and res.history["messages_lost"][-1] > 0
+
+
+@pytest.mark.parametrize("name,topo,needle", [
+    ("relaysgd", T.chain(8), "drop_prob"),
+    ("d2", T.lazy(T.ring(8), 0.1), "own neighbour-difference"),
+    ("sgp", T.one_peer_exponential(8), "push-sum"),
+    ("allreduce", T.complete(8), "averages exactly"),
+    ("local_sgd", T.complete(8), "ctx.mix"),
+])
+def test_algorithms_without_ctx_mix_are_refused(quad, name, topo, needle):
+    alg = simdl.algorithms.get(name, learning_rate=0.1)
+    with pytest.raises(ValueError, match=needle):
+        simdl.simulate(quad, alg, topo, steps=2, faults={"message_drop": 0.1})
+    with pytest.raises(ValueError, match="link_failure"):
+        simdl.faults.check_algorithm(Faults(link_failure=0.1), alg, topo, quad)
+    # stragglers work with every algorithm
+    res = simdl.simulate(quad, alg, topo, steps=4, eval_every=4, faults={"straggler": 0.5})
+    assert "straggler_steps" in res.history
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"message_drop": 1.5}, "message_drop"), ({"straggler": -0.1}, "straggler"), ({"link_failure": "x"}, "link"),
+    ({"drop": 0.1}, "unknown fault key"), ("0.1", "faults must be"), ({"straggler": float("nan")}, "straggler"),
+])
+def test_bad_fault_specs(quad, spec, needle):
+    with pytest.raises(ValueError, match=needle):
+        simdl.simulate(quad, dsgd(0.1), T.ring(8), steps=2, faults=spec)
+
+
+def test_batched_runs_draw_each_seeds_faults(quad):
+    from simdl.batch import simulate_batch
+
+    fn = lambda hp: dsgd(lambda t: hp["learning_rate"])
+    hps = [{"learning_rate": 0.2}, {"learning_rate": 0.3}]
+    res = simulate_batch([quad, quad], fn, hps, T.ring(8), steps=20, eval_every=10, seeds=[0, 1], faults=ALL)
+    one = simdl.simulate(quad, dsgd(0.3), T.ring(8), steps=20, eval_every=10, seed=1, faults=ALL)
+    np.testing.assert_allclose(np.asarray(res[1].params["x"]), np.asarray(one.params["x"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(res[1].history["messages_lost"], one.history["messages_lost"])
+    assert not np.array_equal(res[0].history["messages_lost"], res[1].history["messages_lost"])
