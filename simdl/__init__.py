@@ -4,10 +4,10 @@ All n workers' parameters are stacked on a leading worker axis and stepped toget
 matrices and RelaySum trees act on that axis; whole runs compile to ``jit(lax.scan(step))``.
 """
 
-from simdl import algorithms, faults, metrics, mixing, schedules, tasks, topologies
+from simdl import algorithms, faults, memory, metrics, mixing, schedules, tasks, topologies
 from simdl.simulate import SimulationResult, simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["SimulationResult", "__version__", "algorithms", "faults", "metrics", "mixing", "schedules", "simulate",
-           "tasks", "topologies"]
+__all__ = ["SimulationResult", "__version__", "algorithms", "faults", "memory", "metrics", "mixing", "schedules",
+           "simulate", "tasks", "topologies"]

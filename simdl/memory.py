@@ -87,6 +87,8 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
         ``generated_code_bytes``; and ``peak_bytes`` = data + keys + state + temporaries + outputs not aliased to
         the state: the device memory resident while a step runs (the whole task data stays on device).
 
+    Simulated faults (:mod:`simdl.faults`) are not part of the lowered step; they add only per-step masks.
+
     Raises:
       ValueError: ``batch_size`` or ``worker_batch`` not a positive int, or topology/task size mismatch.
     """
@@ -131,8 +133,10 @@ def suggest_worker_batch(task: Task, algorithm: Algorithm, topology, batch_size:
                          mixing: str = "auto") -> int | None:
     """The largest ``worker_batch`` whose estimated ``peak_bytes`` fits ``budget_bytes``.
 
-    Tries all n workers at once, then powers of two below n, by bisection (the step's temporaries grow with the
-    number of workers computed at once), compiling one step per try (:func:`estimate`).
+    Tries all n workers at once, then powers of two below n, by bisection, compiling one step per try
+    (:func:`estimate`). Bisection assumes the step's temporaries grow with the number of workers computed at once,
+    true when activations dominate (large models or batches); for tiny models ``lax.map``'s own buffers can make a
+    group need slightly more than ``vmap`` over all workers, and then ``None`` is returned whenever all fit.
 
     Returns:
       ``None`` when all n workers fit at once (no batching needed), else an int k ≥ 1 to pass as

@@ -72,6 +72,10 @@ def periodic_transfers_for(value, periodic, key):
     raise AssertionError("unreachable")
 
 
+def fmt(ratio):
+    return f"{ratio:.1f}×" if ratio > 0 else "n/a (no run inside the periodic range)"
+
+
 def match_cell(run, periodic, key):
     """Table cell and ratio: periodic transfers needed for this run's quality / this run's transfers."""
     t, note = periodic_transfers_for(run[key][-1], periodic, key)
@@ -136,7 +140,7 @@ def main(argv=None):
               f"{r['worker_acc']:.3f} | {r['full']} / {r['partial']} | {r['consensus']:.3g} |")
     print(f"\nlargest saving at matched quality (dynamic or partial vs periodic interpolated to the same value; "
           "runs outside the periodic range excluded): "
-          f"{best['cum_loss']:.1f}× fewer model transfers at matched cumulative loss, {best['cum_err']:.1f}× at "
+          f"{fmt(best['cum_loss'])} fewer model transfers at matched cumulative loss, {fmt(best['cum_err'])} at "
           "matched cumulative test error (claim: ~10×)\n")
 
     os.makedirs(args.out, exist_ok=True)
