@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder for results.json, summary.csv and plots (default: runs/latest)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--runs", default=None, metavar="SEL,SEL",
+                   help="run only these runs of the config: 0-based indices or run names, comma-separated")
     r.add_argument("--memory", action="store_true",
                    help="print each run's memory estimate (state, data, compiled step) before running it")
     _tensorboard_arg(r)
@@ -158,6 +160,28 @@ def _print_table(rows: list[dict], file=None) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)), file=file)
 
 
+def select_runs(runs: list[dict], selection: str | None) -> list[dict]:
+    """The runs picked by ``--runs`` (indices or names, comma-separated); all when ``selection`` is None.
+
+    Raises:
+      ValueError: an index out of range or an unknown name (valid names listed).
+    """
+    if selection is None:
+        return runs
+    picked = []
+    for item in (x.strip() for x in selection.split(",") if x.strip()):
+        if item.isdigit():
+            if int(item) >= len(runs):
+                raise ValueError(f"--runs {item}: index out of range (the config has {len(runs)} runs)")
+            picked.append(runs[int(item)])
+        else:
+            match = [r for r in runs if r["name"] == item]
+            if not match:
+                raise ValueError(f"--runs {item!r}: no run of that name; valid: {', '.join(r['name'] for r in runs)}")
+            picked.extend(match)
+    return picked
+
+
 def cmd_list() -> int:
     import simdl
     from simdl.data import DATASETS
@@ -184,7 +208,7 @@ def cmd_run(args) -> int:
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
     train.update(cfg.get("train", {}))
-    runs = expand_runs(cfg)
+    runs = select_runs(expand_runs(cfg), args.runs)
 
     import jax
 

@@ -110,6 +110,21 @@ def test_config_runs_at_tiny_scale(path, tmp_path, mock_tfds):
         assert all(math.isfinite(x) for x in r["history"]["loss"])
 
 
+FIRST_RUN = [p for p in PAPER if p not in E2E]
+
+
+@pytest.mark.parametrize("path", FIRST_RUN, ids=_ids(FIRST_RUN))
+def test_config_first_run_executes_at_tiny_scale(path, tmp_path, mock_tfds):
+    """Every paper config executes end to end at tiny scale (its first run; all runs with SIMDL_TEST_ALL_CONFIGS=1,
+    and every run of every config is built and validated above)."""
+    out = tmp_path / "out"
+    rc = main(["run", str(path), "--set", "scale=tiny", "--runs", "0", "--out", str(out), "--quiet", "--no-plots"])
+    assert rc == 0
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["name"] == expand_runs(load_config(path))[0]["name"]
+    assert run["status"] == "ok" and run["history"]["step"] == [2, 4]
+
+
 @pytest.mark.skipif(not ALL, reason="set SIMDL_TEST_ALL_CONFIGS=1 (runs 48 tiny runs in 8 compile groups)")
 @pytest.mark.parametrize("path", SWEEPS, ids=_ids(SWEEPS))
 def test_sweep_config_runs_at_tiny_scale(path, tmp_path, mock_tfds):
