@@ -74,3 +74,21 @@ def test_bad_task_arguments(kwargs, needle):
 def test_batch_larger_than_shard_is_refused(task):
     with pytest.raises(ValueError, match="batch_size=500 is larger than a worker's shard"):
         simdl.simulate(task, simdl.algorithms.dsgd(0.1), simdl.topologies.ring(8), steps=5, batch_size=500)
+
+
+def test_synthetic_fedprox_natural_partition_trains():
+    task = simdl.tasks.classification("synthetic", "logreg", n_workers=6, partition="natural",
+                                      dataset_kwargs={"alpha": 1.0, "beta": 1.0, "samples_per_worker": 50})
+    assert task.shard_size == 50 and task.info["partition"] == "natural"
+    res = simdl.simulate(task, simdl.algorithms.dsgd(0.05), simdl.topologies.ring(6), steps=100, batch_size=10,
+                         eval_every=50)
+    assert res.history["avg_model_loss"][-1] < res.history["avg_model_loss"][0]
+    with pytest.raises(ValueError, match="natural"):
+        simdl.tasks.classification("synthetic", "logreg", n_workers=6, partition="iid")
+    with pytest.raises(ValueError, match="natural"):
+        simdl.tasks.classification("digits", "mlp", n_workers=6, partition="natural")
+
+
+def test_batchnorm_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        simdl.tasks.classification("digits", "cnn", n_workers=4, model_kwargs={"norm": "batch"})

@@ -9,7 +9,7 @@ import optax
 
 from simdl.tasks.base import Task
 
-PARTITIONS = ("iid", "dirichlet", "shards")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 
 
 def _epoch_indices(key, step, shard_size: int, batch_size: int):
@@ -48,8 +48,10 @@ def classification(
         ``simdl[tfds]``), see :func:`simdl.data.load_dataset`.
       model: a name from :data:`simdl.models.MODELS` (``mlp``, ``cnn``, ``lenet5``, ``resnet20``, ``vgg11``, ...).
       n_workers: number of workers n ≥ 1.
-      partition: ``"iid"``, ``"dirichlet"`` (ALGORITHMS.md §5, concentration ``alpha``) or ``"shards"``
-        (``classes_per_worker`` classes per worker).
+      partition: ``"iid"``, ``"dirichlet"`` (ALGORITHMS.md §5, concentration ``alpha``), ``"shards"``
+        (``classes_per_worker`` classes per worker), or ``"natural"`` with ``dataset="synthetic"``: the FedProx
+        Synthetic(α, β) data (arXiv 1812.06127), each worker with its own generating model (``dataset_kwargs``:
+        ``alpha``, ``beta``, ``samples_per_worker``, ...; use ``model="logreg"``).
       alpha: Dirichlet α > 0 (smaller = more heterogeneous; 0.01 ≈ 1–2 classes per worker, 10 ≈ IID).
       classes_per_worker: k for ``"shards"``.
       seed: seed of the partition (the model init and data order use the seed given to ``simulate``).
@@ -78,11 +80,29 @@ def classification(
 
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)}")
+    if (model_kwargs or {}).get("norm") == "batch":
+        raise ValueError("norm='batch' (BatchNorm) is not supported by the runner yet: its running statistics would "
+                         "need per-worker mutable state; use norm='group' or 'evonorm' (as the RelaySGD and QGM "
+                         "papers do)")
+    if (dataset == "synthetic") != (partition == "natural") and data is None:
+        raise ValueError(f"dataset 'synthetic' (FedProx Synthetic(α, β)) comes with its own per-worker split: use "
+                         f"partition='natural' with it and only with it (got dataset={dataset!r}, "
+                         f"partition={partition!r})")
     if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
         raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
-    ds = data if data is not None else load_dataset(dataset, **(dataset_kwargs or {}))
+    natural = None
+    if dataset == "synthetic" and data is None:
+        from simdl.data.synthetic import synthetic_fedprox
+
+        kw = {"alpha": 1.0, "beta": 1.0, **(dataset_kwargs or {})}
+        sd = synthetic_fedprox(n_workers, seed=seed, **kw)
+        ds, natural = sd.dataset, np.asarray(sd.indices)
+    else:
+        ds = data if data is not None else load_dataset(dataset, **(dataset_kwargs or {}))
     if not 0.0 <= validation < 1.0:
         raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
+    if validation and natural is not None:
+        raise ValueError("validation is not available with partition='natural' (the split is the generator's)")
     if validation:
         order = np.random.default_rng([seed, 7]).permutation(len(ds.y_train))
         k = int(round(validation * len(order)))
@@ -90,7 +110,10 @@ def classification(
         ds = ds._replace(x_test=ds.x_train[held], y_test=ds.y_train[held], x_train=ds.x_train[kept],
                          y_train=ds.y_train[kept])
     net = get_model(model, ds.num_classes, **(model_kwargs or {}))
-    indices = make_partition(partition, ds.y_train, n_workers, alpha=alpha, k=classes_per_worker, seed=seed)
+    if natural is not None:
+        indices = natural
+    else:
+        indices = make_partition(partition, ds.y_train, n_workers, alpha=alpha, k=classes_per_worker, seed=seed)
     n, shard = indices.shape
     if augment is None:
         augment = ds.name.startswith("cifar")
