@@ -115,18 +115,6 @@ def _sweep_args(p, default_out: str) -> None:
     _tensorboard_arg(p)
 
 
-def _task_from_config(cfg: dict):
-    import simdl
-
-    t = dict(cfg.get("task", {}))
-    kind = t.pop("kind", "classification")
-    if kind == "classification":
-        return simdl.tasks.classification(**t)
-    if kind == "random_quadratics":
-        return simdl.tasks.random_quadratics(**t)
-    raise ValueError(f"unknown task kind {kind!r}; valid: classification, random_quadratics")
-
-
 def _build_run(run: dict, task, train: dict):
     import simdl
     from simdl.recipes import resolve_run_kwargs
@@ -227,7 +215,9 @@ def cmd_run(args) -> int:
 
         if not available():
             raise ValueError(MISSING)
-    task = _task_from_config(cfg)
+    from simdl.sweep import build_task
+
+    task = build_task(cfg.get("task", {}))
     train = resolve_train(train, task)  # steps from train.steps or train.epochs (simdl.recipes)
     built = []
     for run in runs:

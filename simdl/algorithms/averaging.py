@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from simdl.algorithms.base import Algorithm, allreduce_bytes, as_schedule, tree_add, tree_where
-from simdl.algorithms.gossip import GossipState, _hyper
+from simdl.algorithms.gossip import _hyper, gossip_sgd
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 from simdl.mixing import mean_mix
 from simdl.schedules import cyclical
@@ -26,21 +26,10 @@ def allreduce(learning_rate, momentum: float = 0.0, nesterov: bool = False, weig
     all-reduce, ``2 (n − 1)/n`` model sizes per worker per step. With equal shards and no momentum this equals
     one model trained with the pooled (averaged) gradient.
     """
-    opt = local_optimizer(learning_rate, momentum, nesterov, weight_decay, optimizer, weight_decay_mask)
-    schedule = as_schedule(learning_rate)
-
-    def init(params, ctx):
-        return GossipState(params, vmapped_init(opt, params))
-
-    def step(state, grads, ctx):
-        updates, opt_state = vmapped_update(opt, grads, state.opt_state, state.params)
-        params = mean_mix(tree_add(state.params, updates))
-        return GossipState(params, opt_state), {"lr": schedule(ctx.step),
-                                                "bytes_sent": allreduce_bytes(ctx.n, state.params)}
-
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                optimizer=optimizer)
-    return Algorithm("allreduce", init, step, lambda s: s.params, lambda s: s.params, hp, frozenset())
+    return gossip_sgd("allreduce", learning_rate, order="atc", momentum=momentum, nesterov=nesterov,
+                      weight_decay=weight_decay, optimizer=optimizer, weight_decay_mask=weight_decay_mask,
+                      combine=lambda tree, ctx: mean_mix(tree), bytes_fn=lambda ctx, p: allreduce_bytes(ctx.n, p),
+                      requires=frozenset())
 
 
 class LocalSGDState(NamedTuple):

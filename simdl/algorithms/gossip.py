@@ -45,8 +45,14 @@ def gossip_sgd(
     weight_decay: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
     weight_decay_mask=None,
+    combine=None,
+    bytes_fn=None,
+    requires: frozenset = frozenset({"connected"}),
 ) -> Algorithm:
     """Gossip SGD with a local optax optimizer, in ATC or CTA order. See the module docstring.
+
+    ``combine(tree, ctx)`` replaces the step's mixing ``ctx.mix`` (e.g. the exact average for all-reduce) and
+    ``bytes_fn(ctx, params)`` its byte count (default: one model per out-edge, :func:`gossip_bytes`).
 
     Raises:
       ValueError: ``order`` not in ``("atc", "cta")``, or invalid optimizer settings (see :func:`local_optimizer`).
@@ -61,16 +67,17 @@ def gossip_sgd(
 
     def step(state, grads, ctx):
         updates, opt_state = vmapped_update(opt, grads, state.opt_state, state.params)
+        mix = ctx.mix if combine is None else (lambda tree: combine(tree, ctx))
         if order == "atc":
-            params = ctx.mix(tree_add(state.params, updates))
+            params = mix(tree_add(state.params, updates))
         else:
-            params = tree_add(ctx.mix(state.params), updates)
-        aux = {"lr": schedule(ctx.step), "bytes_sent": gossip_bytes(ctx, state.params)}
-        return GossipState(params, opt_state), aux
+            params = tree_add(mix(state.params), updates)
+        sent = gossip_bytes(ctx, state.params) if bytes_fn is None else bytes_fn(ctx, state.params)
+        return GossipState(params, opt_state), {"lr": schedule(ctx.step), "bytes_sent": sent}
 
     hp = _hyper(learning_rate=learning_rate, order=order, momentum=momentum, nesterov=nesterov,
                 weight_decay=weight_decay, optimizer=optimizer)
-    return Algorithm(name, init, step, lambda s: s.params, lambda s: s.params, hp)
+    return Algorithm(name, init, step, lambda s: s.params, lambda s: s.params, hp, requires)
 
 
 def dsgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
