@@ -20,6 +20,7 @@ from simdl.simulate import (
     _device_info,
     build_chunk,
     build_evaluate,
+    check_execution,
     init_state,
     validate,
 )
@@ -61,6 +62,7 @@ def simulate_batch(
     callback: Callable[[int, list[dict | None]], None] | None = None,
     faults=None,
     worker_batch: int | None = None,
+    execution: str = "auto",
 ) -> list[SimulationResult]:
     """Run R simulations that share one compiled program, vmapped over a leading run axis.
 
@@ -77,7 +79,7 @@ def simulate_batch(
       seeds: R seeds (default ``0, 1, ...``).
       callback: called after each evaluation with ``(step, rows)``, one row per run (None once a run diverged).
       faults: :class:`simdl.faults.Faults` shared by all runs (each run draws its own masks from its seed).
-      worker_batch: as in :func:`simdl.simulate` (workers' gradients k at a time, within each run).
+      worker_batch, execution: as in :func:`simdl.simulate` (how each run's per-worker gradients are computed).
 
     Returns:
       R :class:`SimulationResult`, equal (up to float reassociation) to R separate :func:`simdl.simulate` calls.
@@ -108,7 +110,8 @@ def simulate_batch(
     data, data_axes = _shared_or_stacked([t.data for t in tasks])
     hp = {k: jnp.asarray([float(h[k]) for h in hparams], jnp.float32) for k in keys}
     traces: list = []
-    chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults=faults)
+    chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults=faults,
+                        execution=check_execution(execution))
     evaluate = build_evaluate(tasks[0], algorithm_fn)
 
     def run(state, start, data, worker_keys, alg_keys, hp, length):

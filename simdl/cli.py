@@ -17,6 +17,7 @@ config layout (TOML; every key can be overridden with --set section.key=value):
   [train]         steps (or epochs: steps = epochs * ceil(shard / batch)), batch_size (per worker), eval_every,
                   seed, mixing (auto | dense | sparse | shift | mean),
                   worker_batch (compute gradients k workers at a time to bound memory; see --memory),
+                  execution (auto | vmap | map | loop: how per-worker gradients run; auto = measured choice),
                   simulated faults (per-step probabilities, default 0; see simdl.faults): message_drop (each gossip
                   message lost), link_failure (each edge down, both directions), straggler (a worker's gradient
                   is zeroed); gossip faults need an algorithm that mixes via ctx.mix (dsgd, qg_dsgdm, ...)
@@ -191,7 +192,8 @@ def cmd_run(args) -> int:
     for item in args.overrides:
         cfg = apply_override(cfg, item)
     cfg = apply_scale(cfg)
-    train = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto", "worker_batch": None}
+    train = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto", "worker_batch": None,
+             "execution": "auto"}
     unknown = sorted(set(cfg.get("train", {})) - set(TRAIN_KEYS))
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
@@ -230,6 +232,9 @@ def cmd_run(args) -> int:
     wb = train["worker_batch"]
     if wb is not None and (isinstance(wb, bool) or not isinstance(wb, int) or wb < 1):
         raise ValueError(f"train.worker_batch must be an integer >= 1, got {wb!r}")
+    from simdl.simulate import check_execution
+
+    check_execution(train["execution"])
     if args.memory:
         from simdl.memory import estimate, format_estimate
 
@@ -265,7 +270,8 @@ def cmd_run(args) -> int:
             try:
                 res = simdl.simulate(task, alg, topo, steps=train["steps"], batch_size=train["batch_size"],
                                      seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
-                                     callback=progress, faults=faults, worker_batch=wb)
+                                     callback=progress, faults=faults, worker_batch=wb,
+                                 execution=train["execution"])
             finally:
                 if tb is not None:
                     tb.close()

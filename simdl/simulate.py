@@ -82,6 +82,15 @@ def _device_info() -> dict:
             "jax_version": jax.__version__}
 
 
+def check_execution(execution: str) -> str:
+    """Validate a per-worker execution strategy name (raises ValueError listing the valid ones)."""
+    from simdl.models.batched import STRATEGIES
+
+    if execution not in STRATEGIES:
+        raise ValueError(f"unknown execution {execution!r}; valid: {', '.join(STRATEGIES)}")
+    return execution
+
+
 def per_worker_grads(loss: Callable, worker_batch: int | None = None, execution: str = "auto") -> Callable:
     """``(stacked_params, stacked_batch) -> (losses (n,), stacked_grads)``: every worker's loss and gradient.
 
@@ -101,7 +110,7 @@ def per_worker_grads(loss: Callable, worker_batch: int | None = None, execution:
 
 
 def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
-               worker_batch: int | None = None, faults=None):
+               worker_batch: int | None = None, faults=None, execution: str = "auto"):
     """One simulated step ``(state, t, data, worker_keys, alg_key, hp) -> (state, mean_loss, aux)``, vectorized
     over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace, so hyperparameters ``hp`` may be traced
     (batched runs); for a single run it ignores ``hp``. ``faults`` (:mod:`simdl.faults`) zeroes stragglers' gradients
@@ -110,7 +119,7 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
     inject = injector(faults, topology)
     workers = jnp.arange(n)
     weights = np.asarray(task.worker_weights, np.float64)
-    grad_fn = per_worker_grads(task.loss, worker_batch)
+    grad_fn = per_worker_grads(task.loss, worker_batch, execution)
     sample_fn = jax.vmap(task.sample, in_axes=(None, 0, 0, None, None))
 
     def step(state, t, data, worker_keys, alg_key, hp):
@@ -128,12 +137,12 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
 
 
 def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int, traces: list,
-                worker_batch: int | None = None, faults=None):
+                worker_batch: int | None = None, faults=None, execution: str = "auto"):
     """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
     ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
     chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). Appends to ``traces`` each time
     it is traced (= compiled). ``faults``: see :func:`build_step`."""
-    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults)
+    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution)
 
     def chunk(state, start, data, worker_keys, alg_key, hp, length):
         traces.append(length)
@@ -246,6 +255,7 @@ def simulate(
     resume: bool = False,
     worker_batch: int | None = None,
     faults=None,
+    execution: str = "auto",
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
@@ -276,6 +286,8 @@ def simulate(
         uninterrupted run's exactly.
       worker_batch: compute the workers' gradients k at a time (``lax.map`` with ``batch_size=k``) instead of all
         n at once, when the stacked activations would not fit in memory (see :func:`per_worker_grads`).
+      execution: how the per-worker gradients run: ``"auto"`` (default; measured choice per model and device),
+        ``"vmap"``, ``"map"`` or ``"loop"`` (override; all give the same numbers, see :func:`per_worker_grads`).
       faults: simulated faults, a :class:`simdl.faults.Faults` (or a dict with its keys): per-step message drops,
         link failures and stragglers, seeded from ``seed`` and independent of ``eval_every``; probabilities of 0
         change nothing. See :mod:`simdl.faults` for the exact semantics and the algorithms that support them.
@@ -295,6 +307,7 @@ def simulate(
                              f"eval_every={eval_every}")
     if worker_batch is not None:
         _check_int("worker_batch", worker_batch)
+    check_execution(execution)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     faults = as_faults(faults)
@@ -304,7 +317,7 @@ def simulate(
     state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
     traces: list = []
     algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
-    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults)
+    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults, execution)
 
     def run(state, start, data, worker_keys, alg_key, length):
         return chunk(state, start, data, worker_keys, alg_key, None, length)

@@ -133,7 +133,7 @@ def train_settings(train_cfg: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
     out = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto",  # steps: recipes.resolve_train
-           "worker_batch": None}
+           "worker_batch": None, "execution": "auto"}
     out.update(train_cfg)
     return out
 
@@ -230,7 +230,8 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
         if len(todo) == 1:
             results = [simdl.simulate(task0, fn({}), topo, steps=train["steps"], batch_size=train["batch_size"],
                                       seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
-                                      faults=train_faults(train), worker_batch=train["worker_batch"])]
+                                      faults=train_faults(train), worker_batch=train["worker_batch"],
+                                      execution=train["execution"])]
         else:
             tasks = [plan.built[s["id"]][0] for s in todo]
             hps = [{"learning_rate": float(s["run"]["learning_rate"])} if "learning_rate" in s["run"] else {}
@@ -238,7 +239,8 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
             seeds = [int(s["train"].get("seed", 0)) for s in todo]
             results = simulate_batch(tasks, fn, hps, topo, steps=train["steps"], batch_size=train["batch_size"],
                                      seeds=seeds, eval_every=train["eval_every"], mixing=train["mixing"],
-                                     faults=train_faults(train), worker_batch=train["worker_batch"])
+                                     faults=train_faults(train), worker_batch=train["worker_batch"],
+                                     execution=train["execution"])
         wall = time.perf_counter() - t0
         for spec, res in zip(todo, results, strict=True):
             rec = _record(spec, res, g, wall / len(todo))

@@ -103,3 +103,17 @@ def test_worker_groups_equal_full_vmap():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="worker_batch"):
         simdl.simulate(task, dsgd(0.1), T.ring(8), steps=10, batch_size=8, worker_batch=0)
+
+
+@pytest.mark.parametrize("execution", ["vmap", "map", "loop"])
+def test_execution_overrides_give_the_same_numbers(execution):
+    task = simdl.tasks.classification("digits", "cnn", n_workers=3, partition="iid", seed=0)
+    ref = simdl.simulate(task, dsgd(0.1), T.ring(3), steps=4, batch_size=4, eval_every=4, execution="auto")
+    got = simdl.simulate(task, dsgd(0.1), T.ring(3), steps=4, batch_size=4, eval_every=4, execution=execution)
+    for x, y in zip(jax.tree_util.tree_leaves(ref.params), jax.tree_util.tree_leaves(got.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_execution_is_refused_before_compiling(quad):
+    with pytest.raises(ValueError, match="unknown execution 'gpu'"):
+        simdl.simulate(quad, dsgd(0.1), T.ring(8), steps=5, execution="gpu")
