@@ -179,7 +179,7 @@ def cmd_list() -> int:
 
     print("algorithms: ", ", ".join(sorted(simdl.algorithms.ALGORITHMS)))
     print("topologies: ", ", ".join(sorted(simdl.topologies.TOPOLOGIES)))
-    print("datasets:   ", ", ".join(DATASETS))
+    print("datasets:   ", ", ".join((*DATASETS, "synthetic (FedProx, partition natural)")))
     print("models:     ", ", ".join(sorted(MODELS)))
     print("partitions: ", ", ".join(PARTITIONS))
     return 0
