@@ -16,7 +16,8 @@ from pathlib import Path
 import jax
 import pytest
 
-from simdl.cli import _build_run, _task_from_config, main
+from simdl.cli import _build_run, main
+from simdl.sweep import build_task
 from simdl.config import expand_runs, load_config
 from simdl.recipes import resolve_train
 from simdl.scale import TINY_TRAIN, apply_scale
@@ -77,7 +78,7 @@ def test_every_run_builds_at_full_and_tiny_scale(path, mock_tfds):
         cfg = apply_scale(base, scale)
         if scale == "full" and cfg["task"].get("dataset", "digits") != "digits":  # mock data: real shapes, few rows
             cfg["task"]["dataset_kwargs"] = {"max_train": MOCK_EXAMPLES, "max_test": 8}
-        task = _task_from_config(cfg)
+        task = build_task(cfg.get("task", {}))
         if scale == "full":  # the real model accepts the dataset's images
             shapes = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
             assert jax.tree_util.tree_leaves(shapes)
