@@ -17,11 +17,11 @@ import jax
 import pytest
 
 from simdl.cli import _build_run, main
-from simdl.sweep import build_task
 from simdl.config import expand_runs, load_config
 from simdl.recipes import resolve_train
 from simdl.scale import TINY_TRAIN, apply_scale
 from simdl.simulate import validate
+from simdl.sweep import build_task
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
