@@ -137,6 +137,20 @@ def _bytes(plans, flat_dim: int, itemsize: int, count: bool) -> jax.Array:
     return jnp.asarray(relay_bytes(plans, tuple(s * itemsize for s in sizes), count), jnp.float32)
 
 
+def _local_parts(name: str, learning_rate, momentum, nesterov, weight_decay, optimizer, weight_decay_mask,
+                 relay_method: str):
+    """The local optimizer, the learning-rate schedule and the ``init`` shared by the RelaySum family."""
+    opt = local_optimizer(learning_rate, momentum, nesterov, weight_decay, optimizer, weight_decay_mask)
+
+    def init(params, ctx):
+        plans = tree_plans(ctx.topology, relay_method, name)
+        flat = _flatten(params)
+        relay = _init_relay(plans, flat, ctx, name)
+        return RelayState(params, vmapped_init(opt, params), flat[0], relay)
+
+    return opt, as_schedule(learning_rate), init
+
+
 def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None = None, weight_decay: float = 0.0,
              optimizer: optax.GradientTransformation | None = None, fill: str = "initial", drop_prob: float = 0.0,
              relay_method: str = "auto", weight_decay_mask=None) -> Algorithm:
@@ -169,14 +183,8 @@ def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None
     """
     drop_prob = _check_common(fill, drop_prob, relay_method)
     momentum, nesterov = _resolve_momentum(momentum, nesterov, optimizer)
-    opt = local_optimizer(learning_rate, momentum, nesterov, weight_decay, optimizer, weight_decay_mask)
-    schedule = as_schedule(learning_rate)
-
-    def init(params, ctx):
-        plans = tree_plans(ctx.topology, relay_method, "relaysgd")
-        flat = _flatten(params)
-        relay = _init_relay(plans, flat, ctx, "relaysgd")
-        return RelayState(params, vmapped_init(opt, params), flat[0], relay)
+    opt, schedule, init = _local_parts("relaysgd", learning_rate, momentum, nesterov, weight_decay, optimizer,
+                                       weight_decay_mask, relay_method)
 
     def step(state, grads, ctx):
         plans = tree_plans(ctx.topology, relay_method, "relaysgd")
@@ -225,14 +233,8 @@ def relaysum_grad(learning_rate, momentum: float | None = None, nesterov: bool |
     """
     drop_prob = _check_common(None, drop_prob, relay_method)
     momentum, nesterov = _resolve_momentum(momentum, nesterov, optimizer)
-    opt = local_optimizer(learning_rate, momentum, nesterov, weight_decay, optimizer, weight_decay_mask)
-    schedule = as_schedule(learning_rate)
-
-    def init(params, ctx):
-        plans = tree_plans(ctx.topology, relay_method, "relaysum_grad")
-        flat = _flatten(params)
-        relay = _init_relay(plans, flat, ctx, "relaysum_grad")
-        return RelayState(params, vmapped_init(opt, params), flat[0], relay)
+    opt, schedule, init = _local_parts("relaysum_grad", learning_rate, momentum, nesterov, weight_decay, optimizer,
+                                       weight_decay_mask, relay_method)
 
     def step(state, grads, ctx):
         plans = tree_plans(ctx.topology, relay_method, "relaysum_grad")
