@@ -219,6 +219,11 @@ CONV_CASES = [  # (stride-1 and even stride-2 SAME 3×3 are covered by the model
     ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), "SAME"),
     ((2, 10, 10, 2), (5, 5, 2, 3), (1, 1), "VALID"),
     ((2, 8, 8, 2), (3, 3, 2, 3), (1, 1), ((2, 0), (1, 3))),
+    # the kernel gradient's other formulations (by shape): per-tap matmuls (≥ 100 output pixels) ...
+    ((2, 12, 12, 8), (3, 3, 8, 4), (1, 1), "SAME"),
+    ((2, 21, 20, 6), (3, 3, 6, 5), (2, 2), "SAME"),
+    # ... and the channels-as-batch convolution (small maps, more than 4 input channels)
+    ((2, 7, 6, 8), (3, 3, 8, 3), (2, 2), "VALID"),
 ]
 
 
@@ -339,8 +344,9 @@ def test_per_worker_strategies_agree():
 
 
 def test_per_worker_strategy_resolution_and_errors():
-    conv_params = jax.eval_shape(SmallCNN(10).init, KEY, jnp.zeros((1, 8, 8, 1)))
-    mlp_params = jax.eval_shape(get_model("mlp", 10).init, KEY, jnp.zeros((1, 64)))
+    stack = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct((5,) + a.shape, a.dtype), tree)  # noqa: E731
+    conv_params = stack(jax.eval_shape(SmallCNN(10).init, KEY, jnp.zeros((1, 8, 8, 1))))
+    mlp_params = stack(jax.eval_shape(get_model("mlp", 10).init, KEY, jnp.zeros((1, 64))))
     assert resolve_strategy("auto", conv_params, backend="cpu") == "map"
     assert resolve_strategy("auto", mlp_params, backend="cpu") == "vmap"
     assert resolve_strategy("auto", conv_params, backend="gpu") == "vmap"

@@ -28,15 +28,17 @@ import jax.numpy as jnp
 STRATEGIES = ("vmap", "map", "loop", "auto")
 
 
-def has_conv_kernel(params) -> bool:
-    """True if any leaf named ``kernel`` has rank 4 (a 2-D convolution)."""
+def has_conv_kernel(params, stacked_axes: int = 1) -> bool:
+    """True if any leaf named ``kernel`` is a 2-D convolution kernel ``(kh, kw, cin, cout)``, i.e. has rank
+    ``4 + stacked_axes``. ``stacked_axes`` counts the leading stacked axes (1: the worker axis, as inside the runner;
+    0: one model's parameters)."""
     found = False
 
     def visit(path, leaf):
         nonlocal found
         last = path[-1] if path else None
         name = getattr(last, "key", getattr(last, "name", None))
-        if name == "kernel" and jnp.ndim(leaf) == 4:
+        if name == "kernel" and jnp.ndim(leaf) == 4 + stacked_axes:
             found = True
 
     jax.tree_util.tree_map_with_path(visit, params)
@@ -45,6 +47,12 @@ def has_conv_kernel(params) -> bool:
 
 def resolve_strategy(strategy: str, stacked_params=None, backend: str | None = None) -> str:
     """The concrete strategy for ``"auto"`` (see the module docstring); validates ``strategy``.
+
+    Args:
+      strategy: one of :data:`STRATEGIES`.
+      stacked_params: parameters with a leading worker axis (conv kernels ``(n, kh, kw, cin, cout)``), or
+        ``None`` (then ``"auto"`` resolves as for a dense model).
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; default ``jax.default_backend()``.
 
     Raises:
       ValueError: ``strategy`` not in :data:`STRATEGIES`.

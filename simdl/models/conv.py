@@ -43,10 +43,18 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
-def resolve_conv_impl(impl: str) -> str:
-    """Map ``"auto"`` to the concrete implementation (``"xla"``); validate others."""
+#: ``"auto"`` uses ``"patches"`` for convolutions with at most this many input channels (an image's first layer),
+#: ``"xla"`` otherwise (measured, see ``benchmarks/RESULTS.md``).
+PATCHES_MAX_CIN = 4
+
+
+def resolve_conv_impl(impl: str, in_channels: int | None = None) -> str:
+    """The concrete implementation for ``impl``: ``"auto"`` is ``"patches"`` for ``in_channels <=``
+    :data:`PATCHES_MAX_CIN` and ``"xla"`` otherwise (or when ``in_channels`` is unknown); validates ``impl``."""
     check_conv_impl(impl)
-    return "xla" if impl == "auto" else impl
+    if impl != "auto":
+        return impl
+    return "patches" if in_channels is not None and in_channels <= PATCHES_MAX_CIN else "xla"
 
 
 def explicit_padding(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int], padding) -> Pads:
@@ -93,15 +101,47 @@ def _conv_xla_bwd(strides, pads, res, g):
     )
     k_t = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     dx = lax.conv_general_dilated(g, k_t, (1, 1), dx_pads, lhs_dilation=strides, dimension_numbers=_DN)
-    # dk: channels-as-batch convolution of the padded input with the cotangent as a (stride-dilated) kernel.
-    need = tuple((m - 1) * s + k for m, s, k in zip(out_hw, strides, k_hw, strict=True))
-    hi = tuple(nd - n - p[0] for nd, n, p in zip(need, in_hw, pads, strict=True))
+    dk = _kernel_grad(x, g, kernel.shape, strides, pads)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _kernel_grad(x, g, kernel_shape, strides, pads):
+    """dL/dkernel ``(kh, kw, cin, cout)`` of a convolution with input ``x`` and output cotangent ``g``.
+
+    The formulation is picked by shape (measured on XLA:CPU, see ``benchmarks/RESULTS.md``): few input channels:
+    one matmul of the transposed patch matrix ``(kh·kw·cin, M)`` with ``g`` ``(M, cout)``; large spatial maps: one
+    ``M``-contracting matmul per kernel tap; small maps: a channels-as-batch convolution. ``M = B·Ho·Wo``.
+    """
+    kh, kw, cin, cout = kernel_shape
+    b, ho, wo, _ = g.shape
+    m = b * ho * wo
+    need = tuple((o - 1) * s + k for o, s, k in zip((ho, wo), strides, (kh, kw), strict=True))
+    hi = tuple(nd - n - p[0] for nd, n, p in zip(need, x.shape[1:3], pads, strict=True))
     cfg = ((0, 0, 0), (pads[0][0], hi[0], 0), (pads[1][0], hi[1], 0), (0, 0, 0))
     xp = lax.pad(x, jnp.zeros((), x.dtype), cfg)
+    g2 = g.reshape(m, cout)
+
+    def tap(z, i, j):  # the input window of kernel tap (i, j): (..., Ho, Wo, ...) strided slice of axes 1, 2
+        lo = [0] * z.ndim
+        hi_ = list(z.shape)
+        st = [1] * z.ndim
+        lo[1], lo[2] = i, j
+        hi_[1], hi_[2] = i + (ho - 1) * strides[0] + 1, j + (wo - 1) * strides[1] + 1
+        st[1], st[2] = strides
+        return lax.slice(z, lo, hi_, st)
+
+    if cin <= 4:
+        xt = xp.transpose(3, 1, 2, 0)  # (cin, H', W', B)
+        cols = jnp.stack([tap(xt, i, j).transpose(0, 3, 1, 2) for i in range(kh) for j in range(kw)])
+        return (cols.reshape(kh * kw * cin, m) @ g2).reshape(kh, kw, cin, cout)
+    if ho * wo >= 100:
+        dot = partial(lax.dot_general, dimension_numbers=(((0,), (0,)), ((), ())))
+        taps = [dot(tap(xp, i, j).reshape(m, cin), g2) for i in range(kh) for j in range(kw)]
+        return jnp.stack(taps).reshape(kh, kw, cin, cout)
     lhs = xp.transpose(3, 1, 2, 0)  # (cin, H', W', B)
     rhs = g.transpose(1, 2, 0, 3)  # (Ho, Wo, B, cout)
     dk = lax.conv_general_dilated(lhs, rhs, (1, 1), "VALID", rhs_dilation=strides, dimension_numbers=_DN)
-    return dx.astype(x.dtype), dk.transpose(1, 2, 0, 3).astype(kernel.dtype)
+    return dk.transpose(1, 2, 0, 3)
 
 
 _conv_xla.defvjp(_conv_xla_fwd, _conv_xla_bwd)
@@ -139,12 +179,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pad
     Raises:
       ValueError: unknown ``impl`` or ``padding``, wrong ranks, or ``cin`` mismatch.
     """
-    impl = resolve_conv_impl(impl)
     if x.ndim != 4 or kernel.ndim != 4:
         raise ValueError(f"conv2d expects x (B, H, W, C) and kernel (kh, kw, cin, cout), got {x.shape}, "
                          f"{kernel.shape}")
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]}")
+    impl = resolve_conv_impl(impl, kernel.shape[2])
     strides = tuple(int(s) for s in strides)
     pads = explicit_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
     sizes = zip(x.shape[1:3], kernel.shape[:2], strides, pads, strict=True)
