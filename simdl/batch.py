@@ -20,8 +20,10 @@ from simdl.simulate import (
     _device_info,
     build_chunk,
     build_evaluate,
+    check_compute_dtype,
     check_execution,
     init_state,
+    resolve_execution,
     validate,
 )
 from simdl.tasks.base import Task
@@ -63,6 +65,7 @@ def simulate_batch(
     faults=None,
     worker_batch: int | None = None,
     execution: str = "auto",
+    compute_dtype: str = "float32",
 ) -> list[SimulationResult]:
     """Run R simulations that share one compiled program, vmapped over a leading run axis.
 
@@ -80,6 +83,9 @@ def simulate_batch(
       callback: called after each evaluation with ``(step, rows)``, one row per run (None once a run diverged).
       faults: :class:`simdl.faults.Faults` shared by all runs (each run draws its own masks from its seed).
       worker_batch, execution: as in :func:`simdl.simulate` (how each run's per-worker gradients are computed).
+      compute_dtype: ``"float32"`` (default) or ``"bfloat16"``, shared by all runs: the dtype of the per-worker
+        forward/backward passes, as in :func:`simdl.simulate` (state, mixing and metrics stay float32); recorded in
+        each result's ``info["compute_dtype"]``.
 
     Returns:
       R :class:`SimulationResult`, equal (up to float reassociation) to R separate :func:`simdl.simulate` calls.
@@ -94,6 +100,7 @@ def simulate_batch(
     keys = sorted(hparams[0])
     if any(sorted(h) != keys for h in hparams):
         raise ValueError("every run's hparams must have the same keys")
+    check_compute_dtype(compute_dtype)
     eval_every = max(1, steps // 20) if eval_every is None and isinstance(steps, int) else eval_every
     algs = [algorithm_fn(h) for h in hparams]
     for task, alg in zip(tasks, algs, strict=True):
@@ -111,7 +118,7 @@ def simulate_batch(
     hp = {k: jnp.asarray([float(h[k]) for h in hparams], jnp.float32) for k in keys}
     traces: list = []
     chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults=faults,
-                        execution=check_execution(execution))
+                        execution=check_execution(execution), compute_dtype=compute_dtype)
     evaluate = build_evaluate(tasks[0], algorithm_fn)
 
     def run(state, start, data, worker_keys, alg_keys, hp, length):
@@ -156,8 +163,10 @@ def simulate_batch(
         info = {"task": tasks[r].info | {"name": tasks[r].name},
                 "algorithm": {"name": algs[r].name, **algs[r].hyperparams, **hparams[r]},
                 "topology": topology.describe(), "steps": steps, "batch_size": batch_size, "seed": seeds[r],
-                "eval_every": eval_every, "mixing": mixer.method, "compiles": len(traces), "batched_runs": R,
-                "faults": None if faults is None else faults._asdict(),
+                "eval_every": eval_every, "mixing": mixer.method,
+                **resolve_execution(tasks[r], execution, worker_batch, params_r),
+                "compiles": len(traces), "batched_runs": R,
+                "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype,
                 "wall_time_s": wall, "compile_time_s": compile_s, "steps_done": int(hist["step"][-1]) if len(
                     hist.get("step", [])) else 0, **_device_info()}
         out.append(SimulationResult(params_r, hist, {k: float(v[-1]) for k, v in hist.items()}, diverged[r], info,

@@ -18,6 +18,8 @@ config layout (TOML; every key can be overridden with --set section.key=value):
                   seed, mixing (auto | dense | sparse | shift | mean),
                   worker_batch (compute gradients k workers at a time to bound memory; see --memory),
                   execution (auto | vmap | map | loop: how per-worker gradients run; auto = measured choice),
+                  compute_dtype (float32 | bfloat16: dtype of the per-worker forward/backward passes; params,
+                  optimizer state, mixing and metrics stay float32),
                   simulated faults (per-step probabilities, default 0; see simdl.faults): message_drop (each gossip
                   message lost), link_failure (each edge down, both directions), straggler (a worker's gradient
                   is zeroed); gossip faults need an algorithm that mixes via ctx.mix (dsgd, qg_dsgdm, ...)
@@ -193,7 +195,7 @@ def cmd_run(args) -> int:
         cfg = apply_override(cfg, item)
     cfg = apply_scale(cfg)
     train = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto", "worker_batch": None,
-             "execution": "auto"}
+             "execution": "auto", "compute_dtype": "float32"}
     unknown = sorted(set(cfg.get("train", {})) - set(TRAIN_KEYS))
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
@@ -205,7 +207,7 @@ def cmd_run(args) -> int:
     import simdl
     from simdl.plots import plot_runs
     from simdl.recipes import resolve_train
-    from simdl.results import summary_rows, write_outputs
+    from simdl.results import run_strategy, summary_rows, write_outputs
     from simdl.simulate import validate
 
     # Everything that can be checked is checked before the first compilation.
@@ -232,14 +234,16 @@ def cmd_run(args) -> int:
     wb = train["worker_batch"]
     if wb is not None and (isinstance(wb, bool) or not isinstance(wb, int) or wb < 1):
         raise ValueError(f"train.worker_batch must be an integer >= 1, got {wb!r}")
-    from simdl.simulate import check_execution
+    from simdl.simulate import check_compute_dtype, check_execution
 
     check_execution(train["execution"])
+    check_compute_dtype(train["compute_dtype"])
     if args.memory:
         from simdl.memory import estimate, format_estimate
 
         for run, topo, alg in built:
-            est = estimate(task, alg, topo, train["batch_size"], wb, train["mixing"])
+            est = estimate(task, alg, topo, train["batch_size"], wb, train["mixing"],
+                           compute_dtype=train["compute_dtype"])
             print(f"{run['name']}: {format_estimate(est)}", flush=True)
 
     out = Path(args.out)
@@ -271,7 +275,7 @@ def cmd_run(args) -> int:
                 res = simdl.simulate(task, alg, topo, steps=train["steps"], batch_size=train["batch_size"],
                                      seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
                                      callback=progress, faults=faults, worker_batch=wb,
-                                 execution=train["execution"])
+                                 execution=train["execution"], compute_dtype=train["compute_dtype"])
             finally:
                 if tb is not None:
                     tb.close()
@@ -285,6 +289,7 @@ def cmd_run(args) -> int:
                 "name": run["name"], "algorithm": alg.name, "topology": topo.name, "status": status,
                 "diverged_at": res.diverged_at, "config": run, "hyperparams": alg.hyperparams,
                 "topology_info": topo.describe(), "mixing": res.info["mixing"], "compiles": res.info["compiles"],
+                **run_strategy(res.info),
                 "wall_time_s": time.perf_counter() - t0, "compile_time_s": res.info["compile_time_s"],
                 "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final})
             write_outputs(out, payload)  # after every run: finished runs stay written

@@ -34,6 +34,22 @@ def _clean(x):
     return repr(x)
 
 
+#: keys of ``SimulationResult.info`` copied into every run record of results.json: how the run was executed
+#: (the resolved per-worker strategy, convolution implementation, compute dtype) and what evaluation cost.
+STRATEGY_KEYS = ("execution", "map_batch_size", "conv_impl", "conv_layers", "compute_dtype", "eval_time_s",
+                 "eval_first_time_s", "evaluations", "platform", "device_kind", "jax_version")
+
+
+def run_strategy(info: dict) -> dict:
+    """The :data:`STRATEGY_KEYS` of a run's ``info`` present there, plus ``evaluation`` (what was evaluated, from
+    ``info["task"]``) when the task reports it."""
+    out = {k: info[k] for k in STRATEGY_KEYS if k in info}
+    evaluation = (info.get("task") or {}).get("evaluation")
+    if evaluation is not None:
+        out["evaluation"] = evaluation
+    return out
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace`` (never half-written)."""
     path = Path(path)

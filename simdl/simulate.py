@@ -33,7 +33,11 @@ class SimulationResult(NamedTuple):
       final: the last evaluation's metrics as floats.
       diverged_at: first step whose mean loss was NaN/Inf, or ``None``. The history stops at the last finite
         evaluation.
-      info: run description: config, compile count, wall times, device, jax version, mixing method.
+      info: run description: config, compile count, wall times (``wall_time_s``, ``compile_time_s``; evaluation:
+        ``eval_time_s`` summed over ``evaluations``, of which ``eval_first_time_s`` includes its compilation),
+        device, jax version, mixing method, the resolved per-worker strategy (``execution``, ``map_batch_size``,
+        ``conv_impl``, ``conv_layers``: see :func:`resolve_execution`) and, for classification, what was evaluated
+        (``info["task"]["evaluation"]``).
       state: final algorithm state.
     """
 
@@ -91,7 +95,65 @@ def check_execution(execution: str) -> str:
     return execution
 
 
-def per_worker_grads(loss: Callable, worker_batch: int | None = None, execution: str = "auto") -> Callable:
+#: Valid ``compute_dtype`` values: the dtype of the per-worker forward and backward passes.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(compute_dtype) -> str:
+    """Validate a ``compute_dtype`` name (one of :data:`COMPUTE_DTYPES`); raises ValueError naming the bad value."""
+    if not isinstance(compute_dtype, str) or compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
+    return compute_dtype
+
+
+def cast_floating(tree, dtype):
+    """``tree`` with every floating-point array leaf cast to ``dtype`` (integer, bool and key leaves unchanged)."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def in_compute_dtype(loss: Callable, compute_dtype: str = "float32") -> Callable:
+    """``loss(params, batch)`` evaluated in ``compute_dtype``: the floating leaves of ``params`` and ``batch`` are cast
+    to it inside the function and the value is returned as a float32 scalar. Differentiating the result w.r.t.
+    float32 params gives float32 gradients (the cast's transpose casts the cotangents back), while the model's
+    forward and backward passes run in ``compute_dtype``. ``"float32"`` returns ``loss`` itself.
+
+    Raises:
+      ValueError: ``compute_dtype`` not in :data:`COMPUTE_DTYPES`.
+    """
+    check_compute_dtype(compute_dtype)
+    if compute_dtype == "float32":
+        return loss
+    dtype = jnp.dtype(compute_dtype)
+
+    def cast_loss(params, batch):
+        return jnp.asarray(loss(cast_floating(params, dtype), cast_floating(batch, dtype))).astype(jnp.float32)
+
+    return cast_loss
+
+
+def resolve_execution(task: Task, execution: str, worker_batch: int | None, stacked_params) -> dict:
+    """What ``execution="auto"`` (or an override) resolves to for ``task`` on the default backend: ``execution``
+    (``"vmap"``, ``"map"`` or ``"loop"``), ``map_batch_size`` (workers per ``lax.map`` iteration, ``None`` unless
+    ``"map"``), ``conv_impl`` (the convolution implementations used, ``"+"``-joined; ``None`` for a dense model)
+    and ``conv_layers`` (one entry per convolution). ``stacked_params``: parameters with the worker axis (shapes
+    suffice)."""
+    from simdl.models.batched import resolve_strategy
+    from simdl.models.conv import layer_impls
+
+    how = "map" if worker_batch is not None else resolve_strategy(check_execution(execution), stacked_params)
+    layers = layer_impls(stacked_params, task.info.get("conv_impl") or "auto")
+    return {"execution": how, "map_batch_size": (worker_batch or 1) if how == "map" else None,
+            "conv_impl": "+".join(sorted(set(layers))) or None, "conv_layers": layers}
+
+
+def per_worker_grads(loss: Callable, worker_batch: int | None = None, execution: str = "auto",
+                     compute_dtype: str = "float32") -> Callable:
     """``(stacked_params, stacked_batch) -> (losses (n,), stacked_grads)``: every worker's loss and gradient.
 
     ``execution`` picks how the n per-worker computations run (:func:`simdl.models.batched.per_worker_apply`):
@@ -100,26 +162,31 @@ def per_worker_grads(loss: Callable, worker_batch: int | None = None, execution:
     (default: vmap on accelerators and for dense models, map for convolutional models on CPU; chosen by measurement,
     see ``benchmarks/``). An int ``worker_batch`` = k forces ``lax.map`` over groups of k workers, bounding
     activation memory to k workers at a time. All choices give the same numbers.
+
+    ``compute_dtype`` (``"float32"`` or ``"bfloat16"``, :func:`in_compute_dtype`): the dtype of each worker's forward
+    and backward pass; the parameters' floating leaves (and the batch's) are cast to it inside the differentiated
+    function, so ``losses`` are float32 and the gradients have the parameters' dtype (float32) either way.
     """
     from simdl.models.batched import per_worker_apply
 
-    vg = jax.value_and_grad(loss)
+    vg = jax.value_and_grad(in_compute_dtype(loss, compute_dtype))
     if worker_batch is not None:
         return per_worker_apply(vg, "map", worker_batch)
     return per_worker_apply(vg, execution)
 
 
 def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
-               worker_batch: int | None = None, faults=None, execution: str = "auto"):
+               worker_batch: int | None = None, faults=None, execution: str = "auto", compute_dtype: str = "float32"):
     """One simulated step ``(state, t, data, worker_keys, alg_key, hp) -> (state, mean_loss, aux)``, vectorized
     over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace, so hyperparameters ``hp`` may be traced
     (batched runs); for a single run it ignores ``hp``. ``faults`` (:mod:`simdl.faults`) zeroes stragglers' gradients
-    and replaces ``ctx.mix`` by the step's faulty mixing; its counters join ``aux``."""
+    and replaces ``ctx.mix`` by the step's faulty mixing; its counters join ``aux``. ``compute_dtype``: dtype of the
+    per-worker forward/backward passes (:func:`per_worker_grads`); the state, gradients and mixing stay float32."""
     n = task.n_workers
     inject = injector(faults, topology)
     workers = jnp.arange(n)
     weights = np.asarray(task.worker_weights, np.float64)
-    grad_fn = per_worker_grads(task.loss, worker_batch, execution)
+    grad_fn = per_worker_grads(task.loss, worker_batch, execution, compute_dtype)
     sample_fn = jax.vmap(task.sample, in_axes=(None, 0, 0, None, None))
 
     def step(state, t, data, worker_keys, alg_key, hp):
@@ -137,12 +204,14 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
 
 
 def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int, traces: list,
-                worker_batch: int | None = None, faults=None, execution: str = "auto"):
+                worker_batch: int | None = None, faults=None, execution: str = "auto",
+                compute_dtype: str = "float32"):
     """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
     ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
     chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). Appends to ``traces`` each time
-    it is traced (= compiled). ``faults``: see :func:`build_step`."""
-    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution)
+    it is traced (= compiled). ``faults``, ``compute_dtype``: see :func:`build_step`."""
+    one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution,
+                          compute_dtype)
 
     def chunk(state, start, data, worker_keys, alg_key, hp, length):
         traces.append(length)
@@ -256,6 +325,7 @@ def simulate(
     worker_batch: int | None = None,
     faults=None,
     execution: str = "auto",
+    compute_dtype: str = "float32",
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
@@ -288,6 +358,12 @@ def simulate(
         n at once, when the stacked activations would not fit in memory (see :func:`per_worker_grads`).
       execution: how the per-worker gradients run: ``"auto"`` (default; measured choice per model and device),
         ``"vmap"``, ``"map"`` or ``"loop"`` (override; all give the same numbers, see :func:`per_worker_grads`).
+      compute_dtype: ``"float32"`` (default) or ``"bfloat16"``: the dtype of each worker's forward and backward
+        pass (mixed precision, :func:`in_compute_dtype`). Parameters, algorithm/optimizer state, the gradients the
+        algorithm sees, mixing, consensus distance and every evaluation stay float32; models compute in the dtype
+        of their (cast) parameters and inputs, classification takes the cross-entropy on float32 logits. Tasks
+        without a model (quadratics, mean estimation) compute their loss in bfloat16 too. Recorded in
+        ``info["compute_dtype"]``.
       faults: simulated faults, a :class:`simdl.faults.Faults` (or a dict with its keys): per-step message drops,
         link failures and stragglers, seeded from ``seed`` and independent of ``eval_every``; probabilities of 0
         change nothing. See :mod:`simdl.faults` for the exact semantics and the algorithms that support them.
@@ -308,6 +384,7 @@ def simulate(
     if worker_batch is not None:
         _check_int("worker_batch", worker_batch)
     check_execution(execution)
+    check_compute_dtype(compute_dtype)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     faults = as_faults(faults)
@@ -317,7 +394,8 @@ def simulate(
     state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
     traces: list = []
     algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
-    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults, execution)
+    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults, execution,
+                        compute_dtype)
 
     def run(state, start, data, worker_keys, alg_key, length):
         return chunk(state, start, data, worker_keys, alg_key, None, length)
@@ -349,6 +427,7 @@ def simulate(
     diverged_at = None
     t0 = time.perf_counter()
     compile_s = 0.0
+    eval_times: list[float] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -367,7 +446,9 @@ def simulate(
                 diverged_at = bad
                 break
             done += length
+            te = time.perf_counter()
             metrics = {k: float(v) for k, v in run_eval(task.data, state).items()}
+            eval_times.append(time.perf_counter() - te)
             if not all(np.isfinite(v) for v in metrics.values()):
                 diverged_at = done
                 break
@@ -387,13 +468,18 @@ def simulate(
     wall = time.perf_counter() - t0
     hist = rec.arrays()
     final = {k: float(v[-1]) for k, v in hist.items()}
+    state_params = jax.eval_shape(algorithm.params, state)
     info = {
         "task": task.info | {"name": task.name},
         "algorithm": {"name": algorithm.name, **algorithm.hyperparams},
         "topology": topology.describe(),
         "steps": steps, "batch_size": batch_size, "seed": seed, "eval_every": eval_every,
-        "mixing": mixer.method, "compiles": len(traces), "wall_time_s": wall, "compile_time_s": compile_s,
-        "steps_done": done, "devices": 1 if layout is None else int(layout.mesh.size), **_device_info(),
+        "mixing": mixer.method, **resolve_execution(task, execution, worker_batch, state_params),
+        "compiles": len(traces), "wall_time_s": wall, "compile_time_s": compile_s,
+        "eval_time_s": float(sum(eval_times)), "eval_first_time_s": eval_times[0] if eval_times else 0.0,
+        "evaluations": len(eval_times), "steps_done": done,
+        "devices": 1 if layout is None else int(layout.mesh.size), **_device_info(),
         "faults": None if faults is None else faults._asdict(),
+        "compute_dtype": compute_dtype,
     }
     return SimulationResult(algorithm.params(state), hist, final, diverged_at, info, state)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from simdl.config import RUN_KEYS, expand_runs
-from simdl.results import atomic_write_text, to_json
+from simdl.results import atomic_write_text, run_strategy, to_json
 
 #: Keys whose values are arrays inside the compiled program: runs differing only in these share one compilation
 #: and run together along a vmapped run axis.
@@ -133,7 +133,7 @@ def train_settings(train_cfg: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
     out = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto",  # steps: recipes.resolve_train
-           "worker_batch": None, "execution": "auto"}
+           "worker_batch": None, "execution": "auto", "compute_dtype": "float32"}
     out.update(train_cfg)
     return out
 
@@ -176,7 +176,7 @@ class Planned:
     def __init__(self, cfg: dict):
         import simdl
         from simdl.recipes import resolve_train
-        from simdl.simulate import validate
+        from simdl.simulate import check_compute_dtype, validate
 
         self.specs = expand_grid(cfg)
         self.groups = group_runs(self.specs)
@@ -192,6 +192,7 @@ class Planned:
             alg = fn({})
             eval_every = train["eval_every"] or max(1, train["steps"] // 20)
             validate(task, alg, topo, train["steps"], train["batch_size"], eval_every)
+            check_compute_dtype(train["compute_dtype"])
             simdl.mixing.choose_method(topo, train["mixing"])
             simdl.faults.check_algorithm(train_faults(train), alg, topo, task)
             self.built[spec["id"]] = (task, topo, fn, train)
@@ -206,7 +207,7 @@ class Planned:
 def _record(spec: dict, res, group: int, wall: float) -> dict:
     return {"id": spec["id"], "label": spec["label"], "task": spec["task"], "train": spec["train"],
             "run": spec["run"], "group": group, "status": "ok" if res.diverged_at is None else "diverged",
-            "diverged_at": res.diverged_at, "compiles": res.info["compiles"],
+            "diverged_at": res.diverged_at, "compiles": res.info["compiles"], **run_strategy(res.info),
             "batched_runs": res.info.get("batched_runs", 1), "wall_time_s": wall,
             "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final}
 
@@ -231,7 +232,7 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
             results = [simdl.simulate(task0, fn({}), topo, steps=train["steps"], batch_size=train["batch_size"],
                                       seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
                                       faults=train_faults(train), worker_batch=train["worker_batch"],
-                                      execution=train["execution"])]
+                                      execution=train["execution"], compute_dtype=train["compute_dtype"])]
         else:
             tasks = [plan.built[s["id"]][0] for s in todo]
             hps = [{"learning_rate": float(s["run"]["learning_rate"])} if "learning_rate" in s["run"] else {}
@@ -240,7 +241,7 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
             results = simulate_batch(tasks, fn, hps, topo, steps=train["steps"], batch_size=train["batch_size"],
                                      seeds=seeds, eval_every=train["eval_every"], mixing=train["mixing"],
                                      faults=train_faults(train), worker_batch=train["worker_batch"],
-                                     execution=train["execution"])
+                                     execution=train["execution"], compute_dtype=train["compute_dtype"])
         wall = time.perf_counter() - t0
         for spec, res in zip(todo, results, strict=True):
             rec = _record(spec, res, g, wall / len(todo))

@@ -6,9 +6,11 @@ slower than an ordinary one; and inside ``lax.map``/``lax.scan`` XLA:CPU keeps t
 dimension layouts that JAX's autodiff gives the backward convolutions, which falls onto a very slow
 generic path (measured 10-70x slower). The implementations here avoid both:
 
-* ``"xla"``: ``lax.conv_general_dilated`` forward, with a custom VJP whose two backward convolutions are
-  written in canonical NHWC/HWIO layout (explicit transposes), so they stay fast inside loops. Gradients
-  equal JAX's own.
+* ``"xla"``: ``lax.conv_general_dilated`` forward, with a custom VJP written in canonical layouts (explicit
+  transposes), so it stays fast inside loops: the input gradient is a convolution with the flipped kernel; the
+  kernel gradient is, by shape, one ``B·Ho·Wo``-contracting matmul per kernel tap (large maps), one matmul of
+  the transposed patch matrix (≤ 4 input channels, e.g. an image's first layer) or a channels-as-batch
+  convolution (small maps). Gradients equal JAX's own.
 * ``"patches"``: im2col by strided slices, then one matmul against the ``(kh·kw·cin, cout)`` kernel. Under
   ``vmap`` that matmul becomes a batched matmul instead of a grouped convolution.
 * ``"lax"``: plain ``lax.conv_general_dilated`` with JAX's autodiff (the reference).
@@ -43,18 +45,25 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
-#: ``"auto"`` uses ``"patches"`` for convolutions with at most this many input channels (an image's first layer),
-#: ``"xla"`` otherwise (measured, see ``benchmarks/RESULTS.md``).
-PATCHES_MAX_CIN = 4
-
-
-def resolve_conv_impl(impl: str, in_channels: int | None = None) -> str:
-    """The concrete implementation for ``impl``: ``"auto"`` is ``"patches"`` for ``in_channels <=``
-    :data:`PATCHES_MAX_CIN` and ``"xla"`` otherwise (or when ``in_channels`` is unknown); validates ``impl``."""
+def resolve_conv_impl(impl: str) -> str:
+    """Map ``"auto"`` to the concrete implementation (``"xla"``, measured fastest on CPU for training and
+    evaluation, see ``benchmarks/RESULTS.md``); validate others."""
     check_conv_impl(impl)
-    if impl != "auto":
-        return impl
-    return "patches" if in_channels is not None and in_channels <= PATCHES_MAX_CIN else "xla"
+    return "xla" if impl == "auto" else impl
+
+
+def layer_impls(params, impl: str = "auto", stacked_axes: int = 1) -> list[str]:
+    """The concrete implementation of every convolution in ``params`` (leaves named ``kernel`` of rank
+    ``4 + stacked_axes``), in pytree order, as :func:`conv2d` resolves ``impl`` for them; ``[]`` for a dense model."""
+    out = []
+
+    def visit(path, leaf):
+        name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
+        if name == "kernel" and jnp.ndim(leaf) == 4 + stacked_axes:
+            out.append(resolve_conv_impl(impl))
+
+    jax.tree_util.tree_map_with_path(visit, params)
+    return out
 
 
 def explicit_padding(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int], padding) -> Pads:
@@ -184,7 +193,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pad
                          f"{kernel.shape}")
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]}")
-    impl = resolve_conv_impl(impl, kernel.shape[2])
+    impl = resolve_conv_impl(impl)
     strides = tuple(int(s) for s in strides)
     pads = explicit_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
     sizes = zip(x.shape[1:3], kernel.shape[:2], strides, pads, strict=True)
@@ -211,7 +220,8 @@ class Conv(nn.Module):
       impl: ``"auto"``, ``"xla"``, ``"patches"`` or ``"lax"`` (see :func:`conv2d`).
       kernel_init / bias_init: as in ``nn.Conv`` (LeCun normal / zeros).
 
-    Input ``(B, H, W, cin)`` float32, output ``(B, Ho, Wo, features)`` float32.
+    Input ``(B, H, W, cin)`` float, output ``(B, Ho, Wo, features)`` in the input's dtype (the kernel and bias are
+    cast to it: float32, or bfloat16 for mixed precision).
     """
 
     features: int

@@ -10,6 +10,49 @@ import optax
 from simdl.tasks.base import Task
 
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+#: ``worker_eval_samples="auto"``: each worker's own model is evaluated on ``max(WORKER_EVAL_MIN,
+#: WORKER_EVAL_BUDGET // n)`` test samples (at most the test set), so one evaluation of all n workers costs about
+#: ``max(WORKER_EVAL_BUDGET, WORKER_EVAL_MIN · n)`` one-sample forward passes (a training step: ``≈ 3 · n · B``).
+WORKER_EVAL_BUDGET = 8192
+WORKER_EVAL_MIN = 128
+#: samples per forward pass when workers' own models are evaluated together (groups of workers on accelerators and
+#: for dense models; one worker at a time for convolutional models on CPU): bounds evaluation memory whatever n.
+EVAL_PASS_SAMPLES = 8192
+
+
+def worker_eval_size(worker_eval_samples, n_workers: int, n_test: int) -> int:
+    """Test samples per worker for the workers' own models (see :data:`WORKER_EVAL_BUDGET`); ``None`` = all.
+
+    Raises:
+      ValueError: not ``"auto"``, ``None`` or a positive int.
+    """
+    if worker_eval_samples is None or worker_eval_samples == "all":
+        return n_test
+    if worker_eval_samples == "auto":
+        return min(n_test, max(WORKER_EVAL_MIN, WORKER_EVAL_BUDGET // n_workers))
+    if isinstance(worker_eval_samples, bool) or not isinstance(worker_eval_samples, (int, np.integer)) \
+            or worker_eval_samples < 1:
+        raise ValueError(f"worker_eval_samples must be 'auto', 'all' (or None) or a positive int, got "
+                         f"{worker_eval_samples!r}")
+    return min(n_test, int(worker_eval_samples))
+
+
+def worker_eval_group(stacked_params, eval_batch_size: int) -> int:
+    """Workers evaluated per pass: 1 where per-worker execution resolves to ``"map"`` (convolutions on CPU), else
+    ``EVAL_PASS_SAMPLES // eval_batch_size`` (at least 1)."""
+    from simdl.models.batched import resolve_strategy
+
+    if resolve_strategy("auto", stacked_params) == "map":
+        return 1
+    return max(1, EVAL_PASS_SAMPLES // eval_batch_size)
+
+
+def floating_dtype(params, default=jnp.float32):
+    """The dtype of the first floating-point leaf of ``params`` (the model's compute dtype), else ``default``."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            return jnp.result_type(leaf)
+    return jnp.dtype(default)
 
 
 def _epoch_indices(key, step, shard_size: int, batch_size: int):
@@ -35,6 +78,8 @@ def classification(
     augment: bool | None = None,
     eval_batch_size: int = 1000,
     max_eval_samples: int | None = 10_000,
+    worker_eval_samples: int | str | None = "auto",
+    train_eval_samples: int | str | None = 2048,
     model_kwargs: dict | None = None,
     dataset_kwargs: dict | None = None,
     data=None,
@@ -57,7 +102,15 @@ def classification(
       seed: seed of the partition (the model init and data order use the seed given to ``simulate``).
       augment: random crop (4-pixel padding) + horizontal flip per worker on device; default on for CIFAR.
       eval_batch_size: test examples per forward pass during evaluation.
-      max_eval_samples: evaluate on at most this many test (and training-objective) samples; ``None`` = all.
+      max_eval_samples: evaluate the averaged model x̄ on at most this many test samples; ``None`` = all.
+      train_eval_samples: the training objective at x̄ (``avg_model_loss``) is evaluated on a fixed seeded uniform
+        subset of this many of the workers' training samples (all workers' shards, so it is unbiased under
+        heterogeneous splits); ``"all"`` or ``None`` = every sample of every shard.
+      worker_eval_samples: test samples on which every worker's own model is evaluated (``worker_accuracy_mean`` /
+        ``_min``): ``"auto"`` (default) ``min(max_eval_samples, max(128, 8192 // n))``, a fixed seeded subset of
+        the test set, the same at every evaluation; an int; or ``"all"``/``None`` = the same samples as x̄. Workers are
+        evaluated in groups (one worker at a time for convolutional models on CPU), so memory is bounded
+        whatever n and the test-set size. ``info["evaluation"]`` records what was evaluated.
       model_kwargs / dataset_kwargs: passed to the model constructor / the dataset loader.
       data: an already loaded :class:`simdl.data.Dataset` (skips loading).
       validation: fraction in [0, 1) of the training set held out (seeded by ``seed``) before partitioning and used
@@ -119,7 +172,17 @@ def classification(
         augment = ds.name.startswith("cifar")
     scale, mean, std = float(ds.scale), np.asarray(ds.mean, np.float32), np.asarray(ds.std, np.float32)
     n_test = len(ds.y_test) if max_eval_samples is None else min(len(ds.y_test), max_eval_samples)
-    train_eval_idx = indices.reshape(-1)[: (n_test if max_eval_samples is not None else None)]
+    n_worker_test = worker_eval_size(worker_eval_samples, n, n_test)
+    worker_test_idx = np.sort(np.random.default_rng([seed, 11]).permutation(n_test)[:n_worker_test])
+    pool = indices.reshape(-1)
+    if train_eval_samples not in (None, "all"):
+        if isinstance(train_eval_samples, bool) or not isinstance(train_eval_samples, (int, np.integer)) \
+                or train_eval_samples < 1:
+            raise ValueError(f"train_eval_samples must be a positive int or 'all' (or None), got "
+                             f"{train_eval_samples!r}")
+        keep = np.random.default_rng([seed, 13]).permutation(len(pool))[: int(train_eval_samples)]
+        pool = pool[np.sort(keep)]
+    train_eval_idx = pool
 
     def pad_to_batches(x, y):
         m = len(y)
@@ -133,23 +196,25 @@ def classification(
 
     test_x, test_y, test_m = pad_to_batches(ds.x_test[:n_test], ds.y_test[:n_test])
     tr_x, tr_y, tr_m = pad_to_batches(ds.x_train[train_eval_idx], ds.y_train[train_eval_idx])
+    worker_test = pad_to_batches(ds.x_test[worker_test_idx], ds.y_test[worker_test_idx])
     data_tree = {
         "x": jnp.asarray(ds.x_train),
         "y": jnp.asarray(ds.y_train, jnp.int32),
         "indices": jnp.asarray(indices, jnp.int32),
         "test": (test_x, test_y, test_m),
         "train_eval": (tr_x, tr_y, tr_m),
+        "worker_test": worker_test,
     }
     sample_shape = ds.x_train.shape[1:]
 
-    def normalise(x):
-        return (x.astype(jnp.float32) / scale - mean) / std
+    def normalise(x, dtype=jnp.float32):  # in float32, then cast to the compute dtype
+        return ((x.astype(jnp.float32) / scale - mean) / std).astype(dtype)
 
     def init_params(key):
         return net.init(key, jnp.zeros((1,) + sample_shape, jnp.float32))
 
-    def logits_fn(params, x):
-        return net.apply(params, normalise(x))
+    def logits_fn(params, x):  # computes in the params' dtype (bfloat16 under simulate(compute_dtype="bfloat16"))
+        return net.apply(params, normalise(x, floating_dtype(params)))
 
     def sample(data, key, worker, step, batch_size):
         pos = _epoch_indices(key, step, shard, batch_size)
@@ -162,7 +227,7 @@ def classification(
         return {"x": x, "y": data["y"][idx]}
 
     def loss(params, batch):
-        logits = logits_fn(params, batch["x"])
+        logits = logits_fn(params, batch["x"]).astype(jnp.float32)  # cross-entropy in float32 in any compute dtype
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]))
 
     def _scan_eval(params, split):
@@ -183,7 +248,10 @@ def classification(
         xbar = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), stacked)
         test_loss, test_acc = _scan_eval(xbar, data["test"])
         train_loss, _ = _scan_eval(xbar, data["train_eval"])
-        _, worker_acc = per_worker_apply(lambda p: _scan_eval(p, data["test"]))(stacked)
+        group = worker_eval_group(stacked, worker_test[0].shape[1])
+        strategy = "vmap" if group >= n else "map"
+        _, worker_acc = per_worker_apply(lambda p: _scan_eval(p, data["worker_test"]), strategy,
+                                         None if strategy == "vmap" else group)(stacked)
         return {
             "avg_model_loss": train_loss,
             "avg_model_test_loss": test_loss,
@@ -196,6 +264,11 @@ def classification(
             "alpha": alpha if partition == "dirichlet" else None,
             "classes_per_worker": classes_per_worker if partition == "shards" else None,
             "partition_seed": seed, "augment": bool(augment), "num_classes": ds.num_classes,
-            "evaluated_on": "validation" if validation else "test"}
+            "evaluated_on": "validation" if validation else "test",
+            "conv_impl": getattr(net, "conv_impl", None),
+            "evaluation": {"avg_model_test_samples": n_test, "avg_model_train_samples": int(len(train_eval_idx)),
+                           "worker_test_samples": n_worker_test, "workers_evaluated": n,
+                           "worker_test_subset": "all" if n_worker_test == n_test else f"seeded subset of "
+                                                 f"{n_worker_test} of the {n_test} evaluated test samples"}}
     return Task(f"{ds.name}/{model}", n, data_tree, init_params, loss, sample, evaluate, shard,
                 np.full(n, 1.0 / n), info, "classification")
