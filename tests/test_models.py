@@ -22,6 +22,7 @@ from simdl.models import (
     per_worker_apply,
     resolve_strategy,
 )
+from simdl.models.conv import explicit_padding, kernel_grad_method
 from simdl.models.resnet import BasicBlock
 
 KEY = jax.random.key(0)
@@ -219,12 +220,22 @@ CONV_CASES = [  # (stride-1 and even stride-2 SAME 3×3 are covered by the model
     ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), "SAME"),
     ((2, 10, 10, 2), (5, 5, 2, 3), (1, 1), "VALID"),
     ((2, 8, 8, 2), (3, 3, 2, 3), (1, 1), ((2, 0), (1, 3))),
-    # the kernel gradient's other formulations (by shape): per-tap matmuls (≥ 100 output pixels) ...
+    # every kernel-gradient formulation (kernel_grad_method): per-tap matmuls (stride 1, ≥ 100 output pixels),
+    # channels-as-batch convolution (small maps, or strides), row-shifted im2col (≤ 4 input channels)
     ((2, 12, 12, 8), (3, 3, 8, 4), (1, 1), "SAME"),
-    ((2, 21, 20, 6), (3, 3, 6, 5), (2, 2), "SAME"),
-    # ... and the channels-as-batch convolution (small maps, more than 4 input channels)
+    ((2, 12, 11, 6), (3, 3, 6, 5), (1, 1), ((0, 2), (1, 1))),
+    ((2, 6, 6, 8), (3, 3, 8, 3), (1, 1), "SAME"),
     ((2, 7, 6, 8), (3, 3, 8, 3), (2, 2), "VALID"),
 ]
+
+
+def test_conv_cases_cover_every_kernel_gradient_method():
+    methods = set()
+    for xs, ks, strides, padding in CONV_CASES:
+        pads = explicit_padding(xs[1:3], ks[:2], strides, padding)
+        out = [(n + p[0] + p[1] - k) // s + 1 for n, k, s, p in zip(xs[1:3], ks[:2], strides, pads, strict=True)]
+        methods.add(kernel_grad_method(ks, out, strides))
+    assert methods == {"taps", "conv", "im2col"}
 
 
 @pytest.mark.parametrize("xs,ks,strides,padding", CONV_CASES)

@@ -114,39 +114,43 @@ def _conv_xla_bwd(strides, pads, res, g):
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
-def _kernel_grad(x, g, kernel_shape, strides, pads):
-    """dL/dkernel ``(kh, kw, cin, cout)`` of a convolution with input ``x`` and output cotangent ``g``.
+def kernel_grad_method(kernel_shape, out_hw, strides) -> str:
+    """How :func:`conv2d` (``impl="xla"``) computes a convolution's kernel gradient, by shape (measured on
+    XLA:CPU inside ``lax.map``, see ``benchmarks/RESULTS.md``): ``"im2col"`` (one matmul of a row-shifted patch
+    matrix), ``"taps"`` (one row-contracting matmul per kernel tap) or ``"conv"`` (a channels-as-batch convolution;
+    the only one for strides other than 1)."""
+    kh, kw, cin, cout = kernel_shape
+    if tuple(strides) != (1, 1):
+        return "conv"
+    if cin <= 4:
+        return "im2col"
+    return "taps" if out_hw[0] * out_hw[1] >= 100 else "conv"
 
-    The formulation is picked by shape (measured on XLA:CPU, see ``benchmarks/RESULTS.md``): few input channels:
-    one matmul of the transposed patch matrix ``(kh·kw·cin, M)`` with ``g`` ``(M, cout)``; large spatial maps: one
-    ``M``-contracting matmul per kernel tap; small maps: a channels-as-batch convolution. ``M = B·Ho·Wo``.
-    """
+
+def _kernel_grad(x, g, kernel_shape, strides, pads):
+    """dL/dkernel ``(kh, kw, cin, cout)`` of a convolution with input ``x`` and output cotangent ``g``, by the
+    formulation :func:`kernel_grad_method` picks."""
     kh, kw, cin, cout = kernel_shape
     b, ho, wo, _ = g.shape
-    m = b * ho * wo
     need = tuple((o - 1) * s + k for o, s, k in zip((ho, wo), strides, (kh, kw), strict=True))
     hi = tuple(nd - n - p[0] for nd, n, p in zip(need, x.shape[1:3], pads, strict=True))
     cfg = ((0, 0, 0), (pads[0][0], hi[0], 0), (pads[1][0], hi[1], 0), (0, 0, 0))
     xp = lax.pad(x, jnp.zeros((), x.dtype), cfg)
-    g2 = g.reshape(m, cout)
-
-    def tap(z, i, j):  # the input window of kernel tap (i, j): (..., Ho, Wo, ...) strided slice of axes 1, 2
-        lo = [0] * z.ndim
-        hi_ = list(z.shape)
-        st = [1] * z.ndim
-        lo[1], lo[2] = i, j
-        hi_[1], hi_[2] = i + (ho - 1) * strides[0] + 1, j + (wo - 1) * strides[1] + 1
-        st[1], st[2] = strides
-        return lax.slice(z, lo, hi_, st)
-
-    if cin <= 4:
-        xt = xp.transpose(3, 1, 2, 0)  # (cin, H', W', B)
-        cols = jnp.stack([tap(xt, i, j).transpose(0, 3, 1, 2) for i in range(kh) for j in range(kw)])
-        return (cols.reshape(kh * kw * cin, m) @ g2).reshape(kh, kw, cin, cout)
-    if ho * wo >= 100:
+    method = kernel_grad_method(kernel_shape, (ho, wo), strides)
+    if method != "conv":
+        # Row shifts: with x padded to (B, H', W') and g zero-padded to the same grid, both flattened to rows,
+        # tap (i, j) pairs g's row r with x's row r + i·W' + j: contiguous row ranges, no strided windows. Rows of
+        # g's padding are zero and contribute nothing.
+        hp, wp = xp.shape[1:3]
+        gp = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (0, hp - ho, 0), (0, wp - wo, 0), (0, 0, 0)))
+        rows = b * hp * wp
+        length = rows - (kh - 1) * wp - (kw - 1)
+        xf, gf = xp.reshape(rows, cin), gp.reshape(rows, cout)[:length]
         dot = partial(lax.dot_general, dimension_numbers=(((0,), (0,)), ((), ())))
-        taps = [dot(tap(xp, i, j).reshape(m, cin), g2) for i in range(kh) for j in range(kw)]
-        return jnp.stack(taps).reshape(kh, kw, cin, cout)
+        shifted = [lax.slice_in_dim(xf, i * wp + j, i * wp + j + length) for i in range(kh) for j in range(kw)]
+        if method == "im2col":
+            return dot(jnp.concatenate(shifted, axis=1), gf).reshape(kh, kw, cin, cout)
+        return jnp.stack([dot(s, gf) for s in shifted]).reshape(kh, kw, cin, cout)
     lhs = xp.transpose(3, 1, 2, 0)  # (cin, H', W', B)
     rhs = g.transpose(1, 2, 0, 3)  # (Ho, Wo, B, cout)
     dk = lax.conv_general_dilated(lhs, rhs, (1, 1), "VALID", rhs_dilation=strides, dimension_numbers=_DN)
