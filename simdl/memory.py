@@ -16,7 +16,7 @@ import numpy as np
 
 from simdl.algorithms.base import Algorithm
 from simdl.mixing import make_mixer
-from simdl.simulate import build_step, init_state
+from simdl.simulate import build_step, check_compute_dtype, init_state
 from simdl.tasks.base import Task
 
 #: Keys of :func:`estimate` filled from ``Compiled.memory_analysis()`` (``None`` when the backend gives none).
@@ -43,8 +43,9 @@ def _check_worker_batch(worker_batch) -> int | None:
 
 
 def _compiled_sizes(task: Task, algorithm: Algorithm, topology, mixer, batch_size: int, worker_batch, state_shape,
-                    keys_shape, key_shape) -> dict:
-    step = build_step(task, lambda hp: algorithm, topology, mixer, batch_size, worker_batch)
+                    keys_shape, key_shape, compute_dtype: str = "float32") -> dict:
+    step = build_step(task, lambda hp: algorithm, topology, mixer, batch_size, worker_batch,
+                      compute_dtype=compute_dtype)
     fn = jax.jit(lambda state, t, data, wk, ak: step(state, t, data, wk, ak, None), donate_argnums=(0,))
     lowered = fn.lower(state_shape, jax.ShapeDtypeStruct((), jnp.int32), _abstract(task.data), keys_shape, key_shape)
     ma = lowered.compile().memory_analysis()
@@ -61,18 +62,21 @@ def _compiled_sizes(task: Task, algorithm: Algorithm, topology, mixer, batch_siz
 
 
 def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker_batch: int | None = None,
-             mixing: str = "auto", compile: bool = True) -> dict:
+             mixing: str = "auto", compile: bool = True, compute_dtype: str = "float32") -> dict:
     """Memory needed to simulate ``algorithm`` on ``task`` over ``topology`` with per-worker batch ``batch_size``.
 
     Args:
       task, algorithm, topology, batch_size, worker_batch, mixing: as for :func:`simdl.simulate`.
       compile: also lower and compile one step for XLA's buffer sizes (seconds for large models); ``False``
         gives only the exact sizes computed from shapes.
+      compute_dtype: ``"float32"`` or ``"bfloat16"``, as for :func:`simdl.simulate` (only the compiled step's
+        temporaries change: state and params stay float32).
 
     Returns:
       dict of Python ints (bytes) and numbers:
 
-      * ``n_workers``, ``batch_size``, ``worker_batch`` (``None`` = all n at once), ``mixing`` (method name);
+      * ``n_workers``, ``batch_size``, ``worker_batch`` (``None`` = all n at once), ``mixing`` (method name),
+        ``compute_dtype``;
       * ``model_bytes``: one worker's parameters; ``params_bytes`` = n × ``model_bytes``;
       * ``state_bytes``: the whole stacked algorithm state (exact, ``jax.eval_shape`` of the algorithm's ``init``
         over the stacked parameters); ``state_copies`` = ``state_bytes / params_bytes``, the model-sized copies
@@ -90,11 +94,13 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
     Simulated faults (:mod:`simdl.faults`) are not part of the lowered step; they add only per-step masks.
 
     Raises:
-      ValueError: ``batch_size`` or ``worker_batch`` not a positive int, or topology/task size mismatch.
+      ValueError: ``batch_size`` or ``worker_batch`` not a positive int, an invalid ``compute_dtype``, or
+        topology/task size mismatch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     worker_batch = _check_worker_batch(worker_batch)
+    check_compute_dtype(compute_dtype)
     n = task.n_workers
     if topology.n != n:
         raise ValueError(f"topology {topology.name} has n={topology.n} workers but the task has n_workers={n}")
@@ -106,6 +112,7 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
                                   jax.ShapeDtypeStruct(key_shape.shape, key_shape.dtype))
     out = {
         "n_workers": n, "batch_size": int(batch_size), "worker_batch": worker_batch, "mixing": mixer.method,
+        "compute_dtype": compute_dtype,
         "model_bytes": model_bytes, "params_bytes": n * model_bytes, "state_bytes": tree_bytes(state_shape),
         "data_bytes": tree_bytes(task.data), "keys_bytes": tree_bytes(keys_shape),
         "batch_bytes": n * tree_bytes(sample_shape),
@@ -113,7 +120,7 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
     out["state_copies"] = out["state_bytes"] / out["params_bytes"] if out["params_bytes"] else 0.0
     if compile:
         out.update(_compiled_sizes(task, algorithm, topology, mixer, int(batch_size), worker_batch, state_shape,
-                                   keys_shape, key_shape))
+                                   keys_shape, key_shape, compute_dtype))
         if out["temp_bytes"] is not None:  # resident during a step: all data, keys, state, temporaries, new outputs
             out["peak_bytes"] = (out["data_bytes"] + out["keys_bytes"] + out["state_bytes"] + out["temp_bytes"]
                                  + max(0, out["output_bytes"] - out["alias_bytes"]))

@@ -1,7 +1,9 @@
 """Small convolutional networks for 8×8 / 28×28 / 32×32 images.
 
-All take NHWC float32 images ``(B, H, W, C)`` and return logits float32 ``(B, num_classes)``. ``conv_impl``
-picks the convolution implementation (:mod:`simdl.models.conv`); parameters are identical for every
+All take NHWC float images ``(B, H, W, C)`` (non-float images are cast to float32) and return logits
+``(B, num_classes)`` in the compute dtype: float32, or bfloat16 when inputs and params are bfloat16 (mixed precision,
+``simdl.simulate(..., compute_dtype="bfloat16")``: every convolution, matmul and norm then runs in bfloat16).
+``conv_impl`` picks the convolution implementation (:mod:`simdl.models.conv`); parameters are identical for every
 choice, so a model trained with one implementation can be evaluated with another.
 """
 
@@ -15,12 +17,13 @@ from simdl.models.conv import Conv, check_conv_impl
 
 
 def check_image(x: jax.Array, min_hw: int, model: str) -> jax.Array:
-    """Validate an NHWC image batch of spatial size at least ``min_hw``; return it as float32."""
+    """Validate an NHWC image batch of spatial size at least ``min_hw``; return it as a float array: floating inputs
+    keep their dtype (float32 or bfloat16, the model's compute dtype), others (uint8) become float32."""
     if x.ndim != 4:
         raise ValueError(f"{model} expects NHWC images (B, H, W, C), got shape {x.shape}")
     if min(x.shape[1:3]) < min_hw:
         raise ValueError(f"{model} needs images of at least {min_hw}x{min_hw}, got {x.shape[1]}x{x.shape[2]}")
-    return x.astype(jnp.float32)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
 def _flatten(x: jax.Array) -> jax.Array:

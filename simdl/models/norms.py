@@ -34,7 +34,8 @@ class EvoNormS0(nn.Module):
     over (H, W, C/groups) of each sample and group: ``sqrt(var + eps)``.
 
     Parameters (all ``(C,)`` float32): ``v`` (init 1), ``scale`` (γ, init 1), ``bias`` (β, init 0).
-    Input/output ``(B, H, W, C)`` float32.
+    Input/output ``(B, H, W, C)`` float32, or bfloat16 (with bfloat16 params: mixed precision); the group variance is
+    computed in float32 either way (as ``nn.GroupNorm`` does) and the result has the input's dtype.
 
     Raises:
       ValueError: ``groups`` does not divide C.
@@ -52,8 +53,8 @@ class EvoNormS0(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
         xg = x.reshape(x.shape[:-1] + (self.groups, c // self.groups))
         axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
-        var = jnp.var(xg, axis=axes, keepdims=True)
-        std = jnp.sqrt(var + self.epsilon)
+        var = jnp.var(xg, axis=axes, keepdims=True, dtype=jnp.float32)
+        std = jnp.sqrt(var + self.epsilon).astype(x.dtype)
         num = (x * jax.nn.sigmoid(v * x)).reshape(xg.shape)
         return (num / std).reshape(x.shape) * scale + bias
 

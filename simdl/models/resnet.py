@@ -62,7 +62,8 @@ class ResNet20(nn.Module):
       shortcut: ``"projection"`` or ``"pad"`` (see :class:`BasicBlock`).
       conv_impl: see :mod:`simdl.models.conv`.
 
-    Input NHWC float32 ``(B, H, W, C)`` with H, W ≥ 4; output logits ``(B, num_classes)`` float32.
+    Input NHWC float32 ``(B, H, W, C)`` with H, W ≥ 4; output logits ``(B, num_classes)`` float32 (bfloat16 inputs
+    with bfloat16 params compute, and return, in bfloat16; see :mod:`simdl.models.cnn`).
 
     Raises:
       ValueError: unknown ``norm`` / ``shortcut`` / ``conv_impl``, ``groups`` not dividing 16, bad input

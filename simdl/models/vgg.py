@@ -25,7 +25,8 @@ class VGG11(nn.Module):
       groups: groups for GroupNorm / EvoNorm.
       conv_impl: see :mod:`simdl.models.conv`.
 
-    Input NHWC float32 ``(B, H, W, C)`` with H, W ≥ 32; output logits ``(B, num_classes)`` float32.
+    Input NHWC float32 ``(B, H, W, C)`` with H, W ≥ 32; output logits ``(B, num_classes)`` float32 (bfloat16 inputs
+    with bfloat16 params compute, and return, in bfloat16; see :mod:`simdl.models.cnn`).
 
     Raises:
       ValueError: unknown ``norm``/``conv_impl``, images smaller than 32×32.

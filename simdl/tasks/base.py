@@ -18,6 +18,9 @@ class Task(NamedTuple):
         argument, never baked in as a constant.
       init_params: ``init_params(key) -> params`` for ONE model; every worker starts from the same x⁰.
       loss: ``loss(params, batch) -> float32 scalar``: one worker's minibatch objective (differentiated by the runner).
+        Under ``simulate(..., compute_dtype="bfloat16")`` the runner passes ``params`` and ``batch`` with their
+        floating leaves cast to bfloat16 and casts the value to float32; the loss should then compute in the params'
+        dtype (classification: the model in bf16, the cross-entropy on float32 logits).
       sample: ``sample(data, key, worker, step, batch_size) -> batch``: worker ``worker``'s minibatch at ``step``, drawn
         on device from its own shard; ``key`` is the worker's own PRNG stream; ``batch_size`` is static.
       evaluate: ``evaluate(data, stacked_params) -> dict[str, scalar]``: metrics of the averaged model x̄ and of each
