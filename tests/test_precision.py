@@ -300,6 +300,7 @@ def test_train_compute_dtype_through_the_cli(tmp_path, monkeypatch):
     assert seen == [("bfloat16", "bfloat16", {"float32"})]
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["config"]["train"]["compute_dtype"] == "bfloat16"
+    assert res["runs"][0]["compute_dtype"] == "bfloat16"  # from result.info (simdl.results.STRATEGY_KEYS)
     assert res["runs"][0]["status"] == "ok" and 0.0 <= res["runs"][0]["final"]["avg_model_accuracy"] <= 1.0
 
 
@@ -336,6 +337,7 @@ def test_sweep_over_compute_dtype(tmp_path, capsys):
     assert "2 runs in 2 compile groups" in capsys.readouterr().out  # a dtype is not batchable: one program each
     recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "o" / "runs").glob("*.json"))]
     assert sorted(r["train"]["compute_dtype"] for r in recs) == ["bfloat16", "float32"]
+    assert all(r["compute_dtype"] == r["train"]["compute_dtype"] for r in recs)
     assert all(r["status"] == "ok" for r in recs)
     bad = tmp_path / "bad.toml"
     bad.write_text(SWEEP_CFG.format(values='["float32", "half"]'))
