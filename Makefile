@@ -1,9 +1,11 @@
 # `make run`: create .venv if missing, install simdl, run the default experiment (digits, 16 workers).
 # `make test`: same set-up, then the test suite.
+# `make bench`: same set-up plus the bench extra (CPU PyTorch), then the quick throughput benchmark (< 3 min).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
 OUT    ?= runs/default
 
 .PHONY: run test lint bench install clean
@@ -16,6 +18,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(BENCH_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
 install: $(STAMP)
 
 run: $(STAMP)
@@ -27,7 +33,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/throughput.py --quick
 
 clean:
