@@ -1,55 +1,78 @@
-"""Throughput benchmark: simulated decentralized training vs one big model and vs per-worker loops.
+"""Throughput benchmark: simulated decentralized training vs one big model, per-worker loops and torch.func.
 
-For each model (MLP on 8×8×1, small CNN on 28×28×1, ResNet-20 with GroupNorm on 32×32×3), each worker count n and
-each algorithm (D-SGD on a ring, RelaySGD on a chain), with per-worker batch B = 32, it measures:
+For each model (MLP on 8×8×1, small CNN on 8×8×1 and 28×28×1, ResNet-20 with GroupNorm on 32×32×3, VGG-11 with
+GroupNorm on 32×32×3), each worker count n and each algorithm (D-SGD on a ring, RelaySGD on a chain), with
+per-worker batch B = 32, it measures:
 
-* **simulator**: worker-samples per second (n · B · steps / seconds) of the real runner code path:
+* **simulator**: worker-samples per second (n · B · steps / seconds) of the real runner code path with the
+  library's defaults (``execution="auto"``, the model's default ``conv_impl="auto"``):
   ``simdl.simulate(classification(..., data=synthetic, partition="iid"), alg, topo, steps=(1 + R)·K,
   eval_every=K)``. A ``callback`` timestamps every evaluation; chunk j's time is the gap between evaluations
   j − 1 and j (the compiled ``lax.scan`` of K steps plus one evaluation) minus the evaluation's time. The first
   chunk (which also compiles) is not timed; the reported time is the fastest of the R timed chunks (least
-  disturbed by other processes on a shared machine).
+  disturbed by other processes on a shared machine). Every row names the strategy that ran, from
+  ``result.info`` (``execution``, ``map_batch_size``, ``conv_impl``); when the installed simdl does not report
+  them yet, the benchmark infers them the way the library resolves ``"auto"`` (``strategy_source`` says which).
 * **bound**: one model trained at batch n·B through the same code path (``classification(..., n_workers=1)``,
   ``ring(1)``, D-SGD = plain SGD), same K and R, on the same device in the same process. The bound does the same
   arithmetic without the worker axis; ``ratio_to_bound`` = simulator / bound samples per second.
-* **per-worker loops** (how framework code without a worker axis runs), same model, B and ring gossip: (a) JAX,
-  FedJAX-style: a Python loop over workers, each calling a jitted single-worker ``value_and_grad`` + SGD update on
-  its next minibatch (sliced from host memory), then a gossip average (one jitted call per worker); (b) PyTorch,
-  when ``torch`` is importable: n ``nn.Module`` copies stepped in a loop, then the same gossip. ``ratio_to_jax_loop``
-  / ``ratio_to_torch_loop`` = simulator / loop samples per second.
+* **references** (how code without simdl runs), same model, B, SGD and ring gossip: (a) JAX, FedJAX-style: a
+  Python loop over workers, each calling a jitted single-worker ``value_and_grad`` + SGD update on its next
+  minibatch (sliced from host memory), then a gossip average (one jitted call per worker); (b) PyTorch per-worker
+  loop, when ``torch`` is importable: n ``nn.Module`` copies stepped in a loop, then the same gossip; (c) PyTorch
+  ``torch.func``, the stacked-parameter version a researcher would write: ``stack_module_state(models)``,
+  ``vmap(grad(loss of functional_call(base on the meta device, (params, buffers), (x,))))``, the SGD update on the
+  stacked tensors and ring gossip ``(roll(+1) + x + roll(-1)) / 3`` on them. Each reference runs one warm-up step
+  and then up to ``steps`` timed steps (fastest reported); ``--time-budget`` caps the seconds each may take.
+  ``ratio_to_jax_loop`` / ``ratio_to_torch_loop`` / ``ratio_to_torch_func`` = simulator / reference samples per
+  second; ``ratio_to_best_torch`` uses the faster of the two PyTorch references. A failing PyTorch reference is
+  recorded (``torch_loop_error`` / ``torch_func_error``), not raised.
+* **GEMM rate and FLOPs**: the fp32 rate of one square matmul (``--gemm-size``; 4096 on CPU, 8192 elsewhere)
+  through jax (``precision=HIGHEST``, i.e. true fp32; off CPU also the default precision, which may use TF32) and
+  through torch, in GFLOP/s. The model's FLOPs per sample (forward + backward) come from XLA's cost analysis of
+  the compiled single-worker ``value_and_grad`` of the runner's loss at batch B, built with ``conv_impl="lax"``
+  (JAX's own convolution autodiff, so the count is the model's, not an implementation's; it includes the
+  elementwise work); ``achieved_gflops`` = FLOPs per sample × simulator samples/s (gossip and the optimizer are
+  not counted) and ``frac_gemm`` = achieved / jax GEMM rate.
 * **compile time**: ``result.info["compile_time_s"]`` (the first chunk call: tracing, compilation and one chunk's
   execution) minus one timed chunk.
-* **evaluation**: the runner evaluates between chunks (here on 8 test samples, but every worker's own model too,
-  which for a CNN under ``vmap`` is not negligible); its time, measured separately with the same compiled
-  function on the final state (:func:`time_evaluation`), is subtracted from every chunk.
+* **evaluation**: the runner evaluates between chunks (here on 8 test samples, but every worker's own model too);
+  its time, measured separately with the same compiled function on the final state (:func:`time_evaluation`),
+  is subtracted from every chunk.
 * **memory**: ``peak_bytes`` of :func:`simdl.memory.estimate` (data + state + XLA's temporaries and non-donated
-  outputs from ``memory_analysis()`` of one compiled step; not with ``--quick``) and the process's maximum resident
-  set size after the row (``resource.getrusage``: a running maximum over the whole process, rows run in
-  increasing n, so it bounds the row's own peak from above).
-* **conv strategy**: on CPU the CNN and ResNet-20 run with :data:`CPU_CONV_DEFAULT` (``conv_impl="xla"``,
-  ``worker_batch=1``), the fastest option of ``--conv-sweep``; ``--conv-impl`` / ``--worker-batch`` override.
+  outputs from ``memory_analysis()`` of one compiled step; not with ``--quick``), the device's
+  ``memory_stats()["peak_bytes_in_use"]`` read right after the simulator's runs where the backend reports it
+  (GPU; the GPU suite runs every row in its own process, so it is that row's own), and the process's maximum
+  resident set size after the row (``resource.getrusage``, a running maximum over the process).
 
 Usage::
 
-    python benchmarks/throughput.py --quick        # MLP + CNN, n in {16, 64}, D-SGD; < 2 minutes on 2 CPU cores
-    python benchmarks/throughput.py                # full suite (FULL_N; per-model caps on CPU: MAX_N_CPU)
+    python benchmarks/throughput.py --quick        # MLP n=64, CNN 8×8 n=16, CNN 28×28 n=16; < 3 min on 2 CPU cores
+    python benchmarks/throughput.py                # full suite (FULL_MODELS × FULL_N; per-model caps: MAX_N_CPU)
     python benchmarks/throughput.py --models mlp --n 1024 --algorithms dsgd
     python benchmarks/throughput.py --conv-sweep --n 16   # CNN: time every conv_impl × worker_batch option
+    python benchmarks/throughput.py --suite gpu    # the GPU suite (GPU_SUITE), one process per row; gpu.sh runs it
+    python benchmarks/throughput.py --suite gpu --tiny   # the same code path at toy sizes (CPU, < 1 min)
 
-Prints a table and writes ``benchmarks/results/throughput-<device>-<date>[-quick|-custom].json``: one record per
-row, each naming the device kind, platform, jax version, date and all settings.
+Prints a table and writes ``benchmarks/results/throughput-<device>-<date>[-quick|-custom|-gpu].json``: one
+record per row, each naming the device kind, platform, jax version, date, the strategy and all settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
+import inspect
 import json
 import math
 import os
 import re
 import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,34 +82,69 @@ import numpy as np
 import optax
 
 import simdl
+import simdl.models
 from simdl.data.dataset import make_dataset
 from simdl.memory import estimate
 from simdl.simulate import build_evaluate
 
-#: model name -> (input shape, model kwargs for the main table)
+#: spec name -> (simdl model, input shape HWC, model kwargs for the table). The model's conv_impl is its default.
 MODEL_SPECS = {
-    "mlp": ((8, 8, 1), {}),
-    "cnn": ((28, 28, 1), {}),
-    "resnet20": ((32, 32, 3), {"norm": "group"}),
+    "mlp": ("mlp", (8, 8, 1), {}),
+    "cnn8": ("cnn", (8, 8, 1), {}),
+    "cnn": ("cnn", (28, 28, 1), {}),
+    "resnet20": ("resnet20", (32, 32, 3), {"norm": "group"}),
+    "vgg11": ("vgg11", (32, 32, 3), {"norm": "group"}),
 }
+#: models of the full run (VGG-11 only in the GPU suite or when asked for: minutes per step on a small CPU)
+FULL_MODELS = ("mlp", "cnn8", "cnn", "resnet20")
 #: steps per timed chunk K and timed chunks R per model (full run; --quick: QUICK_CHUNK, 1 timed chunk): a chunk
 #: should take well over the evaluation between chunks and the timer resolution.
-CHUNK = {"mlp": 50, "cnn": 1, "resnet20": 1}
-REPEATS = {"mlp": 3, "cnn": 2, "resnet20": 1}
-QUICK_CHUNK = {"mlp": 20, "cnn": 1, "resnet20": 1}
-#: per-worker execution of convolutional models on CPU, chosen by ``--conv-sweep`` (see RESULTS.md): the XLA
-#: convolution with canonical-layout backward passes, one worker at a time (``lax.map``). Plain ``vmap`` turns
-#: per-worker kernels into grouped convolutions, which XLA:CPU runs several times slower.
-CPU_CONV_DEFAULT = {"conv_impl": "xla", "worker_batch": 1}
+CHUNK = {"mlp": 50, "cnn8": 10, "cnn": 1, "resnet20": 1, "vgg11": 1}
+REPEATS = {"mlp": 3, "cnn8": 3, "cnn": 2, "resnet20": 1, "vgg11": 1}
+QUICK_CHUNK = {"mlp": 20, "cnn8": 5, "cnn": 1, "resnet20": 1, "vgg11": 1}
+#: timed steps of each reference (after one warm-up step), full run and --quick
+LOOP_STEPS = {"mlp": 10, "cnn8": 5, "cnn": 2, "resnet20": 1, "vgg11": 1}
+QUICK_LOOP_STEPS = {"mlp": 5, "cnn8": 3, "cnn": 1, "resnet20": 1, "vgg11": 1}
 ALGORITHMS = ("dsgd", "relaysgd")
 FULL_N = (16, 64, 256, 1024)
-#: largest n per model in the full run on a small CPU (each step of the bound at n = 1024 is 32768 images);
-#: override with --n and --max-n.
-MAX_N_CPU = {"mlp": 1024, "cnn": 64, "resnet20": 16}
-QUICK = {"models": ("mlp", "cnn"), "n": (16, 64), "algorithms": ("dsgd",), "loop_steps": 1}
-CONV_IMPLS = ("xla", "patches", "lax")
+#: largest n per model in the full run on a small CPU (about 15 minutes on 2 cores with every column); override
+#: with --n and --max-n.
+MAX_N_CPU = {"mlp": 64, "cnn8": 64, "cnn": 64, "resnet20": 64, "vgg11": 16}
+#: --quick: these (model, n) rows, D-SGD only, every column, no memory analysis
+QUICK = {"rows": (("mlp", 64), ("cnn8", 16), ("cnn", 16)), "algorithms": ("dsgd",)}
+CONV_IMPLS = ("auto", "xla", "patches", "lax")
+EXECUTIONS = ("auto", "vmap", "map", "loop")
 NUM_CLASSES = 10
 LEARNING_RATE = 0.01
+#: GEMM size per platform (fp32 square matmul); --tiny uses TINY_GEMM
+GEMM_SIZE = {"cpu": 4096}
+GEMM_SIZE_ACCEL = 8192
+TINY_GEMM = 256
+
+#: The GPU suite: one process per row (so each row's device peak is its own), D-SGD unless ``algorithms`` says
+#: otherwise. ``budget``: seconds each reference (JAX loop, PyTorch loop, torch.func) may take in that row
+#: (``--time-budget`` overrides); ``loop_max_n``: no per-worker loops above this n (each of their steps is n
+#: sequential single-worker steps); ``timeout``: hard limit of the row's process. Sized for one H200 in ≤ 8 min
+#: (without one at hand: adjust after the first run); the rows most likely to be slow come last, where the suite's
+#: budget cuts first.
+GPU_SUITE = (
+    {"spec": "cnn", "n": 256, "chunk": 20, "repeats": 2, "budget": 20, "timeout": 100},
+    {"spec": "resnet20", "n": 64, "chunk": 10, "repeats": 2, "budget": 20, "timeout": 110},
+    {"spec": "vgg11", "n": 16, "chunk": 10, "repeats": 2, "budget": 20, "timeout": 120,
+     "algorithms": ("dsgd", "relaysgd")},
+    {"spec": "resnet20", "n": 256, "chunk": 5, "repeats": 2, "budget": 20, "timeout": 110},
+    {"spec": "resnet20", "n": 1024, "chunk": 2, "repeats": 2, "budget": 25, "timeout": 130, "loop_max_n": 256},
+)
+#: the same code path at toy sizes, for a CPU test (< 1 min on 2 cores): every column, both algorithms, the
+#: loop_max_n skip, a convolutional model (the GPU suite's models compile for minutes on a small CPU)
+TINY_SUITE = (
+    {"spec": "mlp", "n": 2, "chunk": 2, "repeats": 1, "budget": 10, "timeout": 60, "batch_size": 8,
+     "algorithms": ("dsgd", "relaysgd")},
+    {"spec": "cnn8", "n": 4, "chunk": 1, "repeats": 1, "budget": 10, "timeout": 60, "batch_size": 4,
+     "loop_max_n": 2, "memory_analysis": False, "algorithms": ("dsgd",)},
+)
+GPU_SUITE_BUDGET_S = 440  # the suite's whole wall-clock budget (rows after it are skipped)
+TINY_SUITE_BUDGET_S = 150
 
 
 # --------------------------------------------------------------------------- settings and data
@@ -113,6 +171,7 @@ def synthetic_dataset(shape: tuple[int, ...], n_train: int, n_test: int = 8, see
 
 
 def make_task(ds, model: str, n: int, model_kwargs: dict):
+    """``model`` is a simdl model name (``MODEL_SPECS[spec][0]``)."""
     return simdl.tasks.classification(data=ds, model=model, n_workers=n, partition="iid", max_eval_samples=8,
                                       eval_batch_size=8, model_kwargs=model_kwargs)
 
@@ -125,6 +184,52 @@ def make_algorithm(name: str, n: int):
     if name == "relaysgd":
         return simdl.algorithms.relaysgd(LEARNING_RATE), T.chain(n)
     raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(ALGORITHMS)}")
+
+
+def device_memory() -> dict:
+    """``peak_bytes_in_use`` / ``bytes_limit`` of the first device where the backend reports them (GPU), else
+    ``None`` values (CPU)."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # some backends raise instead of returning None
+        stats = {}
+    return {"device_peak_bytes": stats.get("peak_bytes_in_use"), "device_bytes_limit": stats.get("bytes_limit")}
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+def _stacked_shapes(task):
+    one = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+    n = task.n_workers
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n, *s.shape), s.dtype), one)
+
+
+def resolved_strategy(res_info: dict, task, execution: str, worker_batch, model_kwargs: dict, shape) -> dict:
+    """The per-worker strategy that ran: ``execution``, ``map_batch_size``, ``conv_impl`` (``None`` for a dense
+    model), read from ``simdl.simulate``'s ``result.info`` when it reports them (``strategy_source =
+    "simulate.info"``), else inferred as the library resolves ``"auto"`` (``"inferred"``)."""
+    if res_info.get("execution") is not None:
+        return {"execution": res_info.get("execution"), "map_batch_size": res_info.get("map_batch_size"),
+                "conv_impl": res_info.get("conv_impl"), "strategy_source": "simulate.info"}
+    from simdl.models.batched import has_conv_kernel, resolve_strategy
+
+    stacked = _stacked_shapes(task)
+    conv = has_conv_kernel(stacked)
+    ex = "map" if worker_batch is not None else resolve_strategy(execution, stacked)
+    mbs = (worker_batch or 1) if ex == "map" else None
+    impl = None
+    if conv:
+        impl = model_kwargs.get("conv_impl", "auto")
+        if impl == "auto":
+            try:
+                from simdl.models.conv import resolve_conv_impl
+
+                impls = [resolve_conv_impl("auto", shape[-1]), resolve_conv_impl("auto", None)]
+                impl = "+".join(dict.fromkeys(impls))
+            except ImportError:
+                pass
+    return {"execution": ex, "map_batch_size": mbs, "conv_impl": impl, "strategy_source": "inferred"}
 
 
 # --------------------------------------------------------------------------- timing through the runner
@@ -144,14 +249,17 @@ def time_evaluation(task, alg, state, reps: int = 2) -> float:
     return min(times)
 
 
-def time_simulate(task, alg, topo, batch_size: int, chunk: int, repeats: int, worker_batch=None) -> dict:
+def time_simulate(task, alg, topo, batch_size: int, chunk: int, repeats: int, worker_batch=None,
+                  execution: str = "auto") -> dict:
     """Run ``simdl.simulate`` for ``(1 + repeats) · chunk`` steps, evaluating every ``chunk`` steps; time each chunk
-    after the first by the gap between evaluation callbacks, minus the evaluation's own time (measured after the
-    run with :func:`time_evaluation`).
+    after the first by the gap between evaluation callbacks, minus the evaluation's own time (the runner's own
+    timing of its evaluations after the first, ``result.info["eval_time_s"]``, or where the installed simdl does not
+    report it, measured after the run with :func:`time_evaluation`).
 
     Returns dict: ``seconds_per_step`` (fastest timed chunk / chunk), ``chunk_seconds`` (all timed chunks, evaluation
-    subtracted), ``eval_s``, ``compile_s`` (first chunk call minus one timed chunk), ``worker_samples_per_s``,
-    ``mixing``, ``compiles``.
+    subtracted), ``eval_s`` (from ``result.info``'s evaluation times where simdl reports them, else re-measured),
+    ``eval_source``, ``compile_s`` (first chunk call minus one timed chunk), ``worker_samples_per_s``,
+    ``mixing``, ``compiles``, ``info`` (``result.info``).
 
     Raises:
       RuntimeError: the run diverged (the timing would be of a shortened run).
@@ -159,26 +267,138 @@ def time_simulate(task, alg, topo, batch_size: int, chunk: int, repeats: int, wo
     stamps: list[float] = []
     res = simdl.simulate(task, alg, topo, steps=(1 + repeats) * chunk, batch_size=batch_size, seed=0,
                          eval_every=chunk, callback=lambda step, row: stamps.append(time.perf_counter()),
-                         worker_batch=worker_batch)
+                         worker_batch=worker_batch, execution=execution)
     if res.diverged_at is not None or len(stamps) != 1 + repeats:
         raise RuntimeError(f"run diverged at step {res.diverged_at}; lower LEARNING_RATE")
-    eval_s = time_evaluation(task, alg, res.state)
+    info = res.info
+    if info.get("evaluations", 0) >= 2 and info.get("eval_first_time_s") is not None:
+        # the runner times its evaluations: the mean of those after the first (which compiles)
+        eval_s = (info["eval_time_s"] - info["eval_first_time_s"]) / (info["evaluations"] - 1)
+        eval_source = "simulate.info"
+    else:
+        eval_s, eval_source = time_evaluation(task, alg, res.state), "re-measured"
     chunks = [max(b - a - eval_s, 1e-9) for a, b in zip(stamps, stamps[1:], strict=False)]
     best = min(chunks)
-    return {"seconds_per_step": best / chunk, "chunk_seconds": chunks, "eval_s": eval_s,
+    return {"seconds_per_step": best / chunk, "chunk_seconds": chunks, "eval_s": eval_s, "eval_source": eval_source,
             "compile_s": max(0.0, res.info["compile_time_s"] - best), "mixing": res.info["mixing"],
-            "worker_samples_per_s": task.n_workers * batch_size * chunk / best, "compiles": res.info["compiles"]}
+            "worker_samples_per_s": task.n_workers * batch_size * chunk / best, "compiles": res.info["compiles"],
+            "info": res.info}
 
 
-# --------------------------------------------------------------------------- per-worker loops
+# --------------------------------------------------------------------------- FLOPs and GEMM rate
 
 
-def time_jax_loop(ds, model: str, model_kwargs: dict, n: int, batch_size: int, steps: int) -> dict:
+def flops_per_sample(ds, model: str, model_kwargs: dict, batch_size: int) -> float:
+    """Forward + backward FLOPs per sample of one worker: XLA's ``cost_analysis()["flops"]`` of the compiled
+    single-worker ``value_and_grad`` of the runner's loss at batch ``batch_size`` (``conv_impl="lax"`` for
+    convolutional models: JAX's own autodiff, so the count is the model's), divided by ``batch_size``."""
+    try:
+        task = make_task(ds, model, 1, {**model_kwargs, "conv_impl": "lax"})
+    except ValueError:  # a model without convolutions (no conv_impl)
+        task = make_task(ds, model, 1, model_kwargs)
+    params = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+    batch = jax.eval_shape(lambda d, k: task.sample(d, k, 0, 0, batch_size), task.data, jax.random.PRNGKey(0))
+    cost = jax.jit(jax.value_and_grad(task.loss)).lower(params, batch).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+        cost = cost[0]
+    return float(cost["flops"]) / batch_size
+
+
+def _best_time(fn, sync, reps: int) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def torch_device(platform: str):
+    """``"cuda"`` when jax runs on a GPU and torch sees one, else ``"cpu"`` (a torch device name)."""
+    import torch
+
+    return "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def _torch_sync(device: str):
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def gemm_rates(size: int, platform: str, use_torch: bool, reps: int | None = None) -> dict:
+    """GFLOP/s of one fp32 ``size``³ matmul (2·size³ FLOPs, fastest of ``reps`` after a warm-up): jax with
+    ``precision=HIGHEST`` (``gemm_gflops_jax``), off CPU also jax's default precision (``gemm_gflops_jax_default``,
+    may use TF32), and torch on :func:`torch_device` when ``use_torch`` (``gemm_gflops_torch``; TF32 off, torch's
+    default). Torch runs first and frees its cache, so jax's device peak is not shared with it."""
+    reps = reps or (2 if platform == "cpu" else 10)
+    flops = 2.0 * size**3
+    out = {"gemm_size": size, "gemm_dtype": "float32", "gemm_gflops_torch": None, "gemm_gflops_jax_default": None}
+    if use_torch:
+        try:
+            import torch
+
+            dev = torch_device(platform)
+            g = torch.Generator(device=dev).manual_seed(0)
+            a = torch.randn(size, size, device=dev, generator=g)
+            b = torch.randn(size, size, device=dev, generator=g)
+            out["gemm_gflops_torch"] = flops / _best_time(lambda: a @ b, _torch_sync(dev), reps) / 1e9
+            out["gemm_torch_device"], out["gemm_torch_threads"] = dev, torch.get_num_threads()
+            del a, b
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+        except Exception as err:  # optional
+            out["gemm_torch_error"] = f"{type(err).__name__}: {err}"
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (size, size), jnp.float32)
+    b = jax.random.normal(kb, (size, size), jnp.float32)
+    hi = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+    holder = {}
+    run = lambda f: holder.__setitem__("c", f(a, b))  # noqa: E731
+    sync = lambda: jax.block_until_ready(holder["c"])  # noqa: E731
+    out["gemm_gflops_jax"] = flops / _best_time(lambda: run(hi), sync, reps) / 1e9
+    if platform != "cpu":
+        out["gemm_gflops_jax_default"] = flops / _best_time(lambda: run(jax.jit(jnp.matmul)), sync, reps) / 1e9
+    return out
+
+
+# --------------------------------------------------------------------------- references
+
+
+def run_timed(step, sync, steps: int, budget: float | None, samples_per_step: int, warmup=None) -> dict:
+    """One warm-up (``warmup()``, default one ``step()``), then up to ``steps`` timed steps (each followed by
+    ``sync()``), stopping early when the next step would take the total past ``budget`` seconds (at least one timed
+    step, unless the warm-up alone took over half the budget: then ``{"skipped": reason}``). Returns
+    ``seconds_per_step`` (fastest), ``worker_samples_per_s`` (``samples_per_step`` / fastest), ``step_seconds``,
+    ``warmup_s``."""
+    t0 = time.perf_counter()
+    (warmup or step)()
+    sync()
+    warm = time.perf_counter() - t0
+    if budget is not None and warm > budget / 2:
+        return {"skipped": f"warm-up step took {warm:.1f} s, over half the time budget of {budget:g} s",
+                "warmup_s": warm}
+    times: list[float] = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+        if budget is not None and time.perf_counter() - t0 + times[-1] > budget:
+            break
+    return {"seconds_per_step": min(times), "worker_samples_per_s": samples_per_step / min(times),
+            "step_seconds": times, "warmup_s": warm}
+
+
+def time_jax_loop(ds, model: str, model_kwargs: dict, n: int, batch_size: int, steps: int,
+                  budget: float | None = None) -> dict:
     """FedJAX-style per-worker loop: each worker's parameters are a separate pytree; every step a Python loop calls
     a jitted single-worker ``value_and_grad`` + SGD update on the worker's next minibatch, taken from its shard
     in host memory (numpy; transferred by the call, as FedJAX feeds client batches), then ring gossip
-    ``x_i ← (x_{i-1} + x_i + x_{i+1}) / 3`` as one jitted call per worker. One warm-up step (compiles), then
-    ``steps`` timed steps. Returns ``seconds_per_step`` and ``worker_samples_per_s``."""
+    ``x_i ← (x_{i-1} + x_i + x_{i+1}) / 3`` as one jitted call per worker. See :func:`run_timed`."""
     net = simdl.models.get_model(model, NUM_CLASSES, **model_kwargs)
     mean, std = jnp.asarray(ds.mean), jnp.asarray(ds.std)
 
@@ -200,20 +420,16 @@ def time_jax_loop(ds, model: str, model_kwargs: dict, n: int, batch_size: int, s
     xs = ds.x_train[: n * shard].reshape(n, shard, *ds.x_train.shape[1:])
     ys = ds.y_train[: n * shard].reshape(n, shard).astype(np.int32)
     per_epoch = max(1, shard // batch_size)
-    workers = [p0] * n
+    st = {"workers": [p0] * n, "t": 0}
 
-    def one_step(workers, t):
-        lo = (t % per_epoch) * batch_size
-        new = [sgd_step(workers[i], xs[i, lo:lo + batch_size], ys[i, lo:lo + batch_size])[0] for i in range(n)]
-        return [gossip(new[i - 1], new[i], new[(i + 1) % n]) for i in range(n)]
+    def one_step():
+        lo = (st["t"] % per_epoch) * batch_size
+        w = st["workers"]
+        new = [sgd_step(w[i], xs[i, lo:lo + batch_size], ys[i, lo:lo + batch_size])[0] for i in range(n)]
+        st["workers"] = [gossip(new[i - 1], new[i], new[(i + 1) % n]) for i in range(n)]
+        st["t"] += 1
 
-    workers = jax.block_until_ready(one_step(workers, 0))
-    t0 = time.perf_counter()
-    for t in range(steps):
-        workers = one_step(workers, t + 1)
-    jax.block_until_ready(workers)
-    sec = (time.perf_counter() - t0) / steps
-    return {"seconds_per_step": sec, "worker_samples_per_s": n * batch_size / sec}
+    return run_timed(one_step, lambda: jax.block_until_ready(st["workers"]), steps, budget, n * batch_size)
 
 
 def torch_available() -> bool:
@@ -224,11 +440,12 @@ def torch_available() -> bool:
     return True
 
 
-def _torch_model(model: str, shape: tuple[int, ...]):
+def _torch_model(model: str, shape: tuple[int, ...], model_kwargs: dict | None = None):
     """The PyTorch equivalent of simdl's ``mlp`` / ``cnn`` / ``resnet20`` (GroupNorm, 2 groups, projection
-    shortcuts), NCHW input."""
+    shortcuts) / ``vgg11`` (GroupNorm with 2 groups when ``norm="group"``), NCHW input."""
     import torch.nn as tnn
 
+    kw = model_kwargs or {}
     h, w, c = shape
     if model == "mlp":
         return tnn.Sequential(tnn.Flatten(), tnn.Linear(h * w * c, 128), tnn.ReLU(), tnn.Linear(128, NUM_CLASSES))
@@ -236,15 +453,17 @@ def _torch_model(model: str, shape: tuple[int, ...]):
         return tnn.Sequential(tnn.Conv2d(c, 32, 3, padding=1), tnn.ReLU(), tnn.AvgPool2d(2),
                               tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.AvgPool2d(2), tnn.Flatten(),
                               tnn.Linear(64 * (h // 4) * (w // 4), 128), tnn.ReLU(), tnn.Linear(128, NUM_CLASSES))
+    groups = kw.get("groups", 2)
     if model == "resnet20":
         class Block(tnn.Module):
             def __init__(self, cin, cout, stride):
                 super().__init__()
                 self.c1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-                self.n1 = tnn.GroupNorm(2, cout)
+                self.n1 = tnn.GroupNorm(groups, cout)
                 self.c2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-                self.n2 = tnn.GroupNorm(2, cout)
-                self.short = (tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.GroupNorm(2, cout))
+                self.n2 = tnn.GroupNorm(groups, cout)
+                self.short = (tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
+                                             tnn.GroupNorm(groups, cout))
                               if stride != 1 or cin != cout else tnn.Identity())
                 self.relu = tnn.ReLU()
 
@@ -252,7 +471,7 @@ def _torch_model(model: str, shape: tuple[int, ...]):
                 y = self.relu(self.n1(self.c1(x)))
                 return self.relu(self.short(x) + self.n2(self.c2(y)))
 
-        layers = [tnn.Conv2d(c, 16, 3, 1, 1, bias=False), tnn.GroupNorm(2, 16), tnn.ReLU()]
+        layers = [tnn.Conv2d(c, 16, 3, 1, 1, bias=False), tnn.GroupNorm(groups, 16), tnn.ReLU()]
         cin = 16
         for stage, cout in enumerate((16, 32, 64)):
             for block in range(3):
@@ -260,32 +479,60 @@ def _torch_model(model: str, shape: tuple[int, ...]):
                 cin = cout
         layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, NUM_CLASSES)]
         return tnn.Sequential(*layers)
+    if model == "vgg11":
+        from simdl.models.vgg import VGG11_CONFIG
+
+        norm = kw.get("norm") not in (None, "none")
+        layers, cin = [], c
+        for v in VGG11_CONFIG:
+            if v == "M":
+                layers.append(tnn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            else:
+                layers += [tnn.Conv2d(cin, v, 3, padding=1, bias=not norm)]
+                layers += [tnn.GroupNorm(groups, v)] if norm else []
+                layers.append(tnn.ReLU())
+                cin = v
+        layers += [tnn.Flatten(), tnn.Linear(cin * h * w, NUM_CLASSES)]
+        return tnn.Sequential(*layers)
     raise ValueError(f"no PyTorch equivalent for model {model!r}")
 
 
-def time_torch_loop(ds, model: str, n: int, batch_size: int, steps: int) -> dict:
-    """The PyTorch per-worker loop: n ``nn.Module`` copies; each step every worker does forward, backward and an
-    SGD update, then ring gossip averages each parameter with both neighbours. One warm-up step."""
+def _torch_setup(ds, model: str, model_kwargs: dict, n: int, batch_size: int, device: str):
+    """n identical torch models on ``device`` and the stacked normalised inputs ``(n, B, C, H, W)`` / labels
+    ``(n, B)`` (each worker's first minibatch, reused every step)."""
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
     shape = ds.x_train.shape[1:]
-    base = _torch_model(model, shape)
-    workers = [_torch_model(model, shape) for _ in range(n)]
-    for m in workers:
+    base = _torch_model(model, shape, model_kwargs)
+    models = [_torch_model(model, shape, model_kwargs) for _ in range(n)]
+    for m in models:
         m.load_state_dict(base.state_dict())
-    x, y = ds.x_train[: n * batch_size], ds.y_train[: n * batch_size]
-    xs, ys = x.reshape(n, batch_size, *shape), y.reshape(n, batch_size)
-    mean, std = torch.tensor(ds.mean).view(1, -1, 1, 1), torch.tensor(ds.std).view(1, -1, 1, 1)
-    xb = [((torch.from_numpy(xs[i]).permute(0, 3, 1, 2).float() / ds.scale) - mean) / std for i in range(n)]
-    yb = [torch.from_numpy(ys[i].astype(np.int64)) for i in range(n)]
+        m.to(device)
+    x = torch.from_numpy(ds.x_train[: n * batch_size].reshape(n, batch_size, *shape)).permute(0, 1, 4, 2, 3)
+    mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    std = torch.tensor(ds.std, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    xs = ((x.float() / ds.scale - mean) / std).contiguous().to(device)
+    ys = torch.from_numpy(ds.y_train[: n * batch_size].reshape(n, batch_size).astype(np.int64)).to(device)
+    return models, xs, ys
+
+
+def time_torch_loop(ds, model: str, n: int, batch_size: int, steps: int, model_kwargs: dict | None = None,
+                    device: str = "cpu", budget: float | None = None) -> dict:
+    """The PyTorch per-worker loop: n ``nn.Module`` copies; each step every worker does forward, backward and an
+    SGD update, then ring gossip averages each parameter with both neighbours. See :func:`run_timed`; the warm-up
+    is worker 0's forward and backward (eager PyTorch compiles nothing; every worker has the same shapes)."""
+    import torch
+
+    workers, xs, ys = _torch_setup(ds, model, model_kwargs or {}, n, batch_size, device)
     params = [list(m.parameters()) for m in workers]
     lossf = torch.nn.CrossEntropyLoss()
 
     def one_step():
         for i, m in enumerate(workers):
             m.zero_grad(set_to_none=True)
-            lossf(m(xb[i]), yb[i]).backward()
+            lossf(m(xs[i]), ys[i]).backward()
             with torch.no_grad():
                 for p in params[i]:
                     p.add_(p.grad, alpha=-LEARNING_RATE)
@@ -295,12 +542,79 @@ def time_torch_loop(ds, model: str, n: int, batch_size: int, steps: int) -> dict
                 for k, p in enumerate(params[i]):
                     p.copy_((snap[i - 1][k] + snap[i][k] + snap[(i + 1) % n][k]) / 3.0)
 
-    one_step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    sec = (time.perf_counter() - t0) / steps
-    return {"seconds_per_step": sec, "worker_samples_per_s": n * batch_size / sec}
+    def warmup():
+        lossf(workers[0](xs[0]), ys[0]).backward()
+        workers[0].zero_grad(set_to_none=True)
+
+    return run_timed(one_step, _torch_sync(device), steps, budget, n * batch_size, warmup)
+
+
+def time_torch_func(ds, model: str, n: int, batch_size: int, steps: int, model_kwargs: dict | None = None,
+                    device: str = "cpu", budget: float | None = None) -> dict:
+    """PyTorch with stacked parameters (``torch.func``): ``stack_module_state`` of the n models, one
+    ``vmap(grad(loss))`` over ``functional_call`` of a copy of the model on the meta device, the SGD update on the
+    stacked tensors, then ring gossip ``(roll(+1) + x + roll(-1)) / 3`` on them. See :func:`run_timed`."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    models, xs, ys = _torch_setup(ds, model, model_kwargs or {}, n, batch_size, device)
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach() for k, v in params.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+    del models
+
+    def loss(p, b, x, y):
+        return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+    per_worker_grad = vmap(grad(loss))
+
+    def one_step():
+        g = per_worker_grad(params, buffers, xs, ys)
+        with torch.no_grad():
+            for k, p in params.items():
+                p.add_(g[k], alpha=-LEARNING_RATE)
+                p.copy_((p.roll(1, 0) + p + p.roll(-1, 0)) / 3.0)
+
+    return run_timed(one_step, _torch_sync(device), steps, budget, n * batch_size)
+
+
+def configure_torch(args) -> int | None:
+    """Set torch's intra-op threads (``--torch-threads``, default all cores); returns them (``None`` without
+    torch). On a CPU shared with other jobs, torch's OpenMP pool slows down far more than XLA's under
+    oversubscription: ``--torch-threads 1`` then measures torch more fairly."""
+    if args.no_torch or not torch_available():
+        return None
+    import torch
+
+    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+    return torch.get_num_threads()
+
+
+def _reference(name: str, fn, log, optional: bool) -> dict:
+    """Run one reference; an optional one's exception is returned as ``{"error": ...}``."""
+    log(f"    {name} ...")
+    try:
+        out = fn()
+    except Exception as err:
+        if not optional:
+            raise
+        out = {"error": f"{type(err).__name__}: {err}"}
+    if "skipped" in out:
+        log(f"    {name} skipped: {out['skipped']}")
+    elif "error" in out:
+        log(f"    {name} failed: {out['error']}")
+    return out
+
+
+def _free_torch(device: str) -> None:
+    if device == "cuda":
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------- the suite
@@ -312,94 +626,202 @@ def max_rss_bytes() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)
 
 
-def model_settings(model: str, args, platform: str) -> tuple[dict, int | None]:
-    """``(model_kwargs, worker_batch)`` of ``model`` for the table: the command line's choice, else on CPU the
-    :data:`CPU_CONV_DEFAULT` for convolutional models, else the library defaults."""
-    kw = dict(MODEL_SPECS[model][1])
-    conv = model != "mlp"
-    default = CPU_CONV_DEFAULT if conv and platform == "cpu" else {}
-    impl = args.conv_impl or default.get("conv_impl")
-    if conv and impl:
-        kw["conv_impl"] = impl
-    wb = args.worker_batch if args.worker_batch is not None else default.get("worker_batch")
-    return kw, (None if wb == 0 else wb)
+def model_settings(spec: str, args) -> tuple[dict, int | None, str]:
+    """``(model_kwargs, worker_batch, execution)`` of ``spec`` for the table: the library's defaults
+    (``execution="auto"``, the model's ``conv_impl``) unless the command line overrides them. ``--worker-batch
+    0`` = all workers at once (``execution="vmap"`` unless ``--execution`` says otherwise)."""
+    model, _, kw = MODEL_SPECS[spec]
+    kw = dict(kw)
+    if args.conv_impl and model != "mlp":
+        kw["conv_impl"] = args.conv_impl
+    execution = args.execution or "auto"
+    wb = args.worker_batch
+    if wb == 0:
+        wb = None
+        execution = args.execution or "vmap"
+    return kw, wb, execution
 
 
-def bench_model_n(model: str, n: int, args, info: dict, log) -> list[dict]:
-    """All rows for one (model, n): the bound, the loops, then one row per algorithm."""
-    shape = MODEL_SPECS[model][0]
-    kw, worker_batch = model_settings(model, args, info["platform"])
-    chunk = args.chunk or (QUICK_CHUNK if args.quick else CHUNK)[model]
-    repeats = args.repeats or (1 if args.quick else REPEATS[model])
-    B = args.batch_size
-    ds = synthetic_dataset(shape, n * B)
-    common = {**info, "date": dt.date.today().isoformat(), "model": model, "input_shape": list(shape),
-              "model_kwargs": kw, "n": n, "batch_size": B, "chunk_steps": chunk, "timed_chunks": repeats,
-              "learning_rate": LEARNING_RATE, "worker_batch": worker_batch}
-    log(f"  {model} n={n}: bound (one model, batch {n * B}) ...")
-    bound_alg, bound_topo = make_algorithm("dsgd", 1)
-    bound = time_simulate(make_task(ds, model, 1, kw), bound_alg, bound_topo, n * B, chunk, repeats)
-    loop = None
-    if args.loop_steps > 0 and n <= args.loop_max_n:
-        log(f"  {model} n={n}: JAX per-worker loop ...")
-        loop = time_jax_loop(ds, model, kw, n, B, args.loop_steps)
-    tloop = None
-    if args.loop_steps > 0 and n <= args.loop_max_n and torch_available() and not args.no_torch:
-        log(f"  {model} n={n}: PyTorch per-worker loop ...")
-        try:
-            tloop = time_torch_loop(ds, model, n, B, args.loop_steps)
-        except Exception as err:  # the torch column is optional: record why it is missing
-            tloop = {"error": f"{type(err).__name__}: {err}"}
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _reference_fields(row: dict, prefix: str, ref: dict | None, sim_rate: float) -> None:
+    if ref is None:
+        return
+    if "error" in ref:
+        row[f"{prefix}_error"] = ref["error"]
+    elif "skipped" in ref:
+        row[f"{prefix}_skipped"] = ref["skipped"]
+    else:
+        rate = ref["worker_samples_per_s"]
+        row[f"{prefix}_worker_samples_per_s"] = rate
+        row[f"{prefix}_step_seconds"] = ref["step_seconds"]
+        row[f"ratio_to_{prefix}"] = sim_rate / rate
+
+
+def _build_rows(common: dict, sims: dict, bound: dict | None, refs: dict, flops: float | None) -> list[dict]:
+    """The table rows from what has been measured so far (missing pieces stay absent / ``None``)."""
     rows = []
-    task = make_task(ds, model, n, kw)
-    for name in args.algorithms:
-        alg, topo = make_algorithm(name, n)
-        log(f"  {model} n={n}: {name} on {topo.name} ...")
-        sim = time_simulate(task, alg, topo, B, chunk, repeats, worker_batch)
-        row = {**common, "algorithm": name, "topology": topo.name, "mixing": sim["mixing"],
-               "worker_samples_per_s": sim["worker_samples_per_s"], "seconds_per_step": sim["seconds_per_step"],
-               "chunk_seconds": sim["chunk_seconds"], "eval_s": sim["eval_s"], "compile_s": sim["compile_s"],
-               "bound_worker_samples_per_s": bound["worker_samples_per_s"],
-               "ratio_to_bound": sim["worker_samples_per_s"] / bound["worker_samples_per_s"],
-               "bound_compile_s": bound["compile_s"]}
-        if loop is not None:
-            row["jax_loop_worker_samples_per_s"] = loop["worker_samples_per_s"]
-            row["ratio_to_jax_loop"] = sim["worker_samples_per_s"] / loop["worker_samples_per_s"]
-        if tloop is not None:
-            if "error" in tloop:
-                row["torch_loop_error"] = tloop["error"]
-            else:
-                row["torch_loop_worker_samples_per_s"] = tloop["worker_samples_per_s"]
-                row["ratio_to_torch_loop"] = sim["worker_samples_per_s"] / tloop["worker_samples_per_s"]
-        if not (args.no_memory_analysis or args.quick):
-            est = estimate(task, alg, topo, B, worker_batch)
-            row.update({f"xla_{k}": est[k] for k in ("peak_bytes", "temp_bytes", "argument_bytes")},
-                       state_bytes=est["state_bytes"], data_bytes=est["data_bytes"])
+    for name, (sim, _, topo) in sims.items():
+        row = {**common, "algorithm": name, "topology": topo.name}
+        if "error" in sim:
+            rows.append({**row, "error": sim["error"]})
+            continue
+        rate = sim["worker_samples_per_s"]
+        row.update({"mixing": sim["mixing"], **sim["strategy"], "worker_samples_per_s": rate,
+                    "seconds_per_step": sim["seconds_per_step"], "chunk_seconds": sim["chunk_seconds"],
+                    "eval_s": sim["eval_s"], "eval_source": sim["eval_source"], "compile_s": sim["compile_s"],
+                    **sim["memory"],
+                    "flops_per_sample": flops, "achieved_gflops": flops * rate / 1e9 if flops else None})
+        if bound is not None and "error" in bound:
+            row["bound_error"] = bound["error"]
+        elif bound is not None:
+            row.update({"bound_worker_samples_per_s": bound["worker_samples_per_s"],
+                        "ratio_to_bound": rate / bound["worker_samples_per_s"], "bound_compile_s": bound["compile_s"]})
+        for prefix, ref in refs.items():
+            _reference_fields(row, prefix, ref, rate)
+        torch_rates = [row.get(f"{p}_worker_samples_per_s") for p in ("torch_loop", "torch_func")]
+        torch_rates = [r for r in torch_rates if r]
+        if torch_rates:
+            row["best_torch_worker_samples_per_s"] = max(torch_rates)
+            row["ratio_to_best_torch"] = rate / max(torch_rates)
+        row.update(sim.get("estimate", {}))
         row["max_rss_bytes"] = max_rss_bytes()
         row["load_average_1min"] = os.getloadavg()[0]
         rows.append(row)
+    return rows
+
+
+def bench_model_n(spec: str, n: int, args, info: dict, log, plan: dict | None = None, emit=None) -> list[dict]:
+    """All rows (one per algorithm) for one (model spec, n), in this order: the PyTorch references (first, so the
+    device is theirs), the simulator per algorithm (device peak read right after it), the bound, FLOPs, the JAX
+    loop, the memory estimate. ``plan`` (GPU suite rows) overrides chunk, repeats, batch size, input shape,
+    algorithms, time budget and loop_max_n, and makes a failing simulator or bound a recorded error; ``emit(rows)``
+    is called with the rows so far after every phase (the suite's row process writes them, so a timeout keeps
+    them)."""
+    plan = plan or {}
+    suite = bool(plan)
+    model, shape, _ = MODEL_SPECS[spec]
+    shape = tuple(plan.get("shape", shape))
+    kw, worker_batch, execution = model_settings(spec, args)
+    chunk = plan.get("chunk") or args.chunk or (QUICK_CHUNK if args.quick else CHUNK)[spec]
+    repeats = plan.get("repeats") or args.repeats or (1 if args.quick else REPEATS[spec])
+    steps = args.loop_steps if args.loop_steps is not None else (QUICK_LOOP_STEPS if args.quick else LOOP_STEPS)[spec]
+    B = plan.get("batch_size") or args.batch_size
+    algorithms = tuple(plan.get("algorithms") or args.algorithms)
+    budget = args.time_budget if args.time_budget is not None else plan.get("budget")
+    loop_max_n = plan.get("loop_max_n", args.loop_max_n)
+    emit = emit or (lambda rows: None)
+    ds = synthetic_dataset(shape, n * B)
+    use_torch = steps > 0 and not args.no_torch and torch_available()
+    tdev = torch_device(info["platform"]) if use_torch else None
+    common = {**info, "date": dt.date.today().isoformat(), "model": spec, "simdl_model": model,
+              "input_shape": list(shape), "model_kwargs": kw, "n": n, "batch_size": B, "chunk_steps": chunk,
+              "timed_chunks": repeats, "learning_rate": LEARNING_RATE, "worker_batch": worker_batch,
+              "execution_requested": execution, "reference_steps": steps, "time_budget_s": budget,
+              "torch_device": tdev, "torch_threads": configure_torch(args) if use_torch else None}
+    refs: dict[str, dict | None] = {"jax_loop": None, "torch_loop": None, "torch_func": None}
+    loops_ok = steps > 0 and n <= loop_max_n
+    if steps > 0 and not loops_ok:
+        reason = f"n={n} > loop max n {loop_max_n}: a loop step is {n} sequential single-worker steps (time budget)"
+        refs["jax_loop"], refs["torch_loop"] = {"skipped": reason}, ({"skipped": reason} if use_torch else None)
+        log(f"  {spec} n={n}: per-worker loops skipped: {reason}")
+    if use_torch:
+        log(f"  {spec} n={n}: PyTorch references on {tdev} ...")
+        if loops_ok:
+            refs["torch_loop"] = _reference("PyTorch loop", lambda: time_torch_loop(
+                ds, model, n, B, steps, kw, tdev, budget), log, True)
+            _free_torch(tdev)
+        refs["torch_func"] = _reference("torch.func", lambda: time_torch_func(
+            ds, model, n, B, steps, kw, tdev, budget), log, True)
+        _free_torch(tdev)
+
+    task = make_task(ds, model, n, kw)
+    sims: dict = {}
+    for name in algorithms:
+        alg, topo = make_algorithm(name, n)
+        log(f"  {spec} n={n}: {name} on {topo.name} ...")
+        try:
+            sim = time_simulate(task, alg, topo, B, chunk, repeats, worker_batch, execution)
+        except Exception as err:
+            if not suite:
+                raise
+            sim = {"error": f"{type(err).__name__}: {err}"}
+            log(f"    failed: {sim['error']}")
+        else:
+            sim["strategy"] = resolved_strategy(sim.pop("info"), task, execution, worker_batch, kw, shape)
+            sim["memory"] = device_memory()
+        sims[name] = (sim, alg, topo)
+    emit(_build_rows(common, sims, None, refs, None))
+    log(f"  {spec} n={n}: bound (one model, batch {n * B}) ...")
+    bound_alg, bound_topo = make_algorithm("dsgd", 1)
+    try:
+        bound = time_simulate(make_task(ds, model, 1, kw), bound_alg, bound_topo, n * B, chunk, repeats)
+    except Exception as err:
+        if not suite:
+            raise
+        bound = {"error": f"{type(err).__name__}: {err}"}
+        log(f"    failed: {bound['error']}")
+    try:
+        flops = flops_per_sample(ds, model, kw, B)
+    except Exception as err:  # cost analysis is backend-dependent
+        flops, common["flops_error"] = None, f"{type(err).__name__}: {err}"
+    emit(_build_rows(common, sims, bound, refs, flops))
+    if loops_ok:
+        log(f"  {spec} n={n}: JAX per-worker loop ...")
+        refs["jax_loop"] = _reference("JAX loop", lambda: time_jax_loop(ds, model, kw, n, B, steps, budget), log,
+                                      suite)
+        emit(_build_rows(common, sims, bound, refs, flops))
+    if not (args.no_memory_analysis or args.quick) and plan.get("memory_analysis", True):
+        kwargs = {"execution": execution} if "execution" in inspect.signature(estimate).parameters else {}
+        for name, (sim, alg, topo) in sims.items():
+            if "error" in sim:
+                continue
+            log(f"  {spec} n={n}: simdl.memory.estimate ({name}) ...")
+            try:
+                est = estimate(task, alg, topo, B, worker_batch, **kwargs)
+                sim["estimate"] = {f"xla_{k}": est[k] for k in ("peak_bytes", "temp_bytes", "argument_bytes")}
+                sim["estimate"].update(state_bytes=est["state_bytes"], data_bytes=est["data_bytes"])
+            except Exception as err:  # e.g. a backend without memory_analysis
+                sim["estimate"] = {"xla_estimate_error": f"{type(err).__name__}: {err}"}
+    rows = _build_rows(common, sims, bound, refs, flops)
+    emit(rows)
+    for row in rows:
         log("    " + format_row(row))
     return rows
 
 
+def add_gemm(rows: list[dict], gemm: dict | None) -> None:
+    """Attach the GEMM measurement to every row and ``frac_gemm`` = achieved GFLOP/s / jax GEMM GFLOP/s."""
+    for row in rows:
+        if gemm:
+            row.update(gemm)
+        row["frac_gemm"] = _ratio(row.get("achieved_gflops"), (gemm or {}).get("gemm_gflops_jax"))
+
+
 def conv_sweep(args, info: dict, log) -> list[dict]:
-    """CNN only: D-SGD throughput through the runner for every ``conv_impl`` × ``worker_batch`` option."""
+    """CNN only: D-SGD throughput through the runner for every ``conv_impl`` × ``worker_batch`` option
+    (``worker_batch`` 0 = all workers at once, ``execution="vmap"``)."""
     rows = []
-    shape, kw = MODEL_SPECS["cnn"]
+    model, shape, kw = MODEL_SPECS["cnn"]
     B = args.batch_size
     for n in args.n:
         ds = synthetic_dataset(shape, n * B)
         for impl in CONV_IMPLS:
-            task = make_task(ds, "cnn", n, {**kw, "conv_impl": impl})
+            task = make_task(ds, model, n, {**kw, "conv_impl": impl})
             for wb in args.sweep_worker_batch:
+                execution = "vmap" if wb == 0 else "map"
                 wb = None if wb == 0 else wb
                 alg, topo = make_algorithm("dsgd", n)
                 log(f"  cnn n={n} conv_impl={impl} worker_batch={wb} ...")
                 chunk, repeats = args.chunk or CHUNK["cnn"], args.repeats or REPEATS["cnn"]
-                sim = time_simulate(task, alg, topo, B, chunk, repeats, wb)
+                sim = time_simulate(task, alg, topo, B, chunk, repeats, wb, execution)
+                strategy = resolved_strategy(sim["info"], task, execution, wb, {**kw, "conv_impl": impl}, shape)
                 row = {**info, "date": dt.date.today().isoformat(), "kind": "conv_sweep", "model": "cnn",
-                       "input_shape": list(shape), "n": n, "batch_size": B, "conv_impl": impl, "worker_batch": wb,
-                       "algorithm": "dsgd", "topology": topo.name, "chunk_steps": chunk, "timed_chunks": repeats,
+                       "input_shape": list(shape), "n": n, "batch_size": B, "conv_impl_requested": impl,
+                       "worker_batch": wb, **strategy, "algorithm": "dsgd", "topology": topo.name,
+                       "chunk_steps": chunk, "timed_chunks": repeats,
                        "worker_samples_per_s": sim["worker_samples_per_s"], "compile_s": sim["compile_s"],
                        "load_average_1min": os.getloadavg()[0]}
                 rows.append(row)
@@ -411,20 +833,31 @@ def conv_sweep(args, info: dict, log) -> list[dict]:
 
 
 def _fmt(v, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return format("-", re.sub(r",?(\.\d+)?f$", "", spec))
+    return format(v, spec)
 
 
-COLUMNS = (("model", "model", "<9"), ("n", "n", ">5"), ("algorithm", "algorithm", "<9"),
-           ("samples/s", "worker_samples_per_s", ">10.0f"), ("bound/s", "bound_worker_samples_per_s", ">10.0f"),
+COLUMNS = (("model", "model", "<8"), ("n", "n", ">5"), ("algorithm", "algorithm", "<8"),
+           ("exec", "exec_label", "<6"), ("conv", "conv_label", "<11"),
+           ("samples/s", "worker_samples_per_s", ">10,.0f"), ("bound/s", "bound_worker_samples_per_s", ">10,.0f"),
            ("x bound", "ratio_to_bound", ">7.2f"), ("x jax loop", "ratio_to_jax_loop", ">10.1f"),
-           ("x torch", "ratio_to_torch_loop", ">7.1f"), ("compile s", "compile_s", ">9.1f"),
-           ("XLA peak MiB", "xla_peak_mib", ">12.1f"), ("max RSS MiB", "max_rss_mib", ">11.0f"))
+           ("x torch", "ratio_to_torch_loop", ">7.1f"), ("x torch.func", "ratio_to_torch_func", ">12.1f"),
+           ("x best torch", "ratio_to_best_torch", ">12.1f"), ("GFLOP/s", "achieved_gflops", ">8.1f"),
+           ("frac GEMM", "frac_gemm", ">9.3f"), ("compile s", "compile_s", ">9.1f"),
+           ("XLA peak MiB", "xla_peak_mib", ">12,.1f"), ("dev peak MiB", "device_peak_mib", ">12,.1f"),
+           ("max RSS MiB", "max_rss_mib", ">11,.0f"))
 
 
 def _row_values(row: dict) -> dict:
     v = dict(row)
-    v["xla_peak_mib"] = row["xla_peak_bytes"] / 2**20 if row.get("xla_peak_bytes") is not None else None
-    v["max_rss_mib"] = row["max_rss_bytes"] / 2**20 if row.get("max_rss_bytes") is not None else None
+    for key, src in (("xla_peak_mib", "xla_peak_bytes"), ("device_peak_mib", "device_peak_bytes"),
+                     ("max_rss_mib", "max_rss_bytes")):
+        v[key] = row[src] / 2**20 if row.get(src) is not None else None
+    ex = row.get("execution")
+    mbs = row.get("map_batch_size")
+    v["exec_label"] = None if ex is None else f"{ex}/{mbs}" if ex == "map" and mbs else ex
+    v["conv_label"] = row.get("conv_impl")
     return v
 
 
@@ -433,28 +866,55 @@ def format_row(row: dict) -> str:
     return " ".join(_fmt(v.get(key), spec) for _, key, spec in COLUMNS)
 
 
-def format_table(rows: list[dict], info: dict) -> str:
-    head = " ".join(format(h, re.sub(r"\.\d+f", "", spec).replace("f", "")) for h, _, spec in COLUMNS)
+def format_gemm(gemm: dict | None) -> str:
+    if not gemm:
+        return "GEMM: not measured"
+    s = gemm["gemm_size"]
+    parts = [f"jax {gemm['gemm_gflops_jax']:,.1f} GFLOP/s (precision HIGHEST)"]
+    if gemm.get("gemm_gflops_jax_default"):
+        parts.append(f"jax default precision {gemm['gemm_gflops_jax_default']:,.1f}")
+    if gemm.get("gemm_gflops_torch"):
+        parts.append(f"torch ({gemm.get('gemm_torch_device')}) {gemm['gemm_gflops_torch']:,.1f}")
+    elif gemm.get("gemm_torch_error"):
+        parts.append(f"torch failed: {gemm['gemm_torch_error']}")
+    return f"GEMM fp32 {s}x{s}x{s}: " + ", ".join(parts)
+
+
+def format_table(rows: list[dict], info: dict, gemm: dict | None = None) -> str:
+    head = " ".join(format(h, re.sub(r",?(\.\d+)?f$", "", spec)) for h, _, spec in COLUMNS)
     lines = [f"simdl throughput: {info['platform']} ({info['device_kind']}), jax {info['jax_version']}, "
-             f"B = {rows[0]['batch_size'] if rows else '-'} per worker; samples/s = worker-samples per second", "",
-             head, "-" * len(head)]
+             f"B = {rows[0]['batch_size'] if rows else '-'} per worker; samples/s = worker-samples per second",
+             format_gemm(gemm) + "; GFLOP/s = model FLOPs (XLA cost analysis, forward + backward) x samples/s",
+             "", head, "-" * len(head)]
     lines += [format_row(r) for r in rows]
+    notes = []
+    for r in rows:
+        for p in ("error", "bound_error", "flops_error", "xla_estimate_error", "jax_loop_skipped", "jax_loop_error",
+                  "torch_loop_skipped", "torch_loop_error", "torch_func_skipped", "torch_func_error"):
+            if r.get(p):
+                notes.append(f"{r['model']} n={r['n']}{' ' + r['algorithm'] if p == 'error' else ''}: {p}: {r[p]}")
+    if notes:
+        lines += [""] + list(dict.fromkeys(notes))
     return "\n".join(lines)
 
 
 def format_sweep(rows: list[dict]) -> str:
-    lines = [f"{'n':>5} {'conv_impl':<9} {'worker_batch':>12} {'samples/s':>10} {'compile s':>9}"]
+    lines = [f"{'n':>5} {'conv_impl':<9} {'worker_batch':>12} {'resolved':<20} {'samples/s':>10} {'compile s':>9}"]
     for r in rows:
         wb = "all" if r["worker_batch"] is None else str(r["worker_batch"])
-        lines.append(f"{r['n']:>5} {r['conv_impl']:<9} {wb:>12} {r['worker_samples_per_s']:>10.0f} "
-                     f"{r['compile_s']:>9.1f}")
+        res = f"{r.get('execution')} {r.get('conv_impl')}"
+        lines.append(f"{r['n']:>5} {r['conv_impl_requested']:<9} {wb:>12} {res:<20} "
+                     f"{r['worker_samples_per_s']:>10.0f} {r['compile_s']:>9.1f}")
     return "\n".join(lines)
 
 
 def output_path(args, info: dict) -> Path:
     if args.out:
         return Path(args.out)
-    tag = "-quick" if args.quick else "-conv-sweep" if args.conv_sweep else "-custom" if args.custom else ""
+    if args.suite == "gpu":
+        tag = "-gpu-tiny" if args.tiny else "-gpu"
+    else:
+        tag = "-quick" if args.quick else "-conv-sweep" if args.conv_sweep else "-custom" if args.custom else ""
     name = f"throughput-{device_slug(info)}-{dt.date.today().isoformat()}{tag}.json"
     return Path(__file__).resolve().parent / "results" / name
 
@@ -473,7 +933,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"models {QUICK['models']}, n {QUICK['n']}, D-SGD only, few steps (< 2 min on 2 CPU cores)")
+                   help=f"rows {QUICK['rows']}, D-SGD only, few steps (< 3 min on 2 CPU cores)")
+    p.add_argument("--suite", choices=("gpu",), default=None,
+                   help="the GPU suite (GPU_SUITE rows, one process each; benchmarks/gpu.sh runs it)")
+    p.add_argument("--tiny", action="store_true", help="with --suite gpu: the same code path at toy sizes (CPU)")
+    p.add_argument("--suite-row", type=int, default=None, help=argparse.SUPPRESS)  # internal: one suite row
+    p.add_argument("--suite-budget", type=float, default=None,
+                   help=f"with --suite: seconds for the whole suite (default {GPU_SUITE_BUDGET_S}; tiny "
+                        f"{TINY_SUITE_BUDGET_S}); rows that would start after it are skipped")
+    p.add_argument("--also-out", default=None, help="with --suite: also copy the JSON and the table to this folder")
     p.add_argument("--models", nargs="+", choices=tuple(MODEL_SPECS), default=None)
     p.add_argument("--n", nargs="+", type=int, default=None, help=f"worker counts (default {FULL_N})")
     p.add_argument("--max-n", type=int, default=None,
@@ -485,15 +953,26 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None,
                    help=f"timed chunks R after the first (default per model: {REPEATS}; quick 1)")
     p.add_argument("--loop-steps", type=int, default=None,
-                   help="timed steps of the per-worker loops after one warm-up (default 2; quick 1; 0 = skip)")
+                   help=f"timed steps of each reference after one warm-up (default per model {LOOP_STEPS}; quick "
+                        f"{QUICK_LOOP_STEPS}; 0 = no references)")
     p.add_argument("--loop-max-n", type=int, default=1024, help="skip the per-worker loops above this n")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop even if torch is installed")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds each reference (JAX loop, PyTorch loop, torch.func) may take per row: timed steps "
+                        "stop when the next would pass it; skipped when its warm-up step takes over half of it "
+                        "(default: none; GPU suite: per row)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch references even if torch is installed")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads (default: all cores; on a busy shared CPU 1 is fairer to torch)")
+    p.add_argument("--gemm-size", type=int, default=None,
+                   help=f"fp32 GEMM size (default {GEMM_SIZE['cpu']} on CPU, {GEMM_SIZE_ACCEL} elsewhere, "
+                        f"{TINY_GEMM} with --tiny; 0 = skip)")
     p.add_argument("--conv-impl", choices=CONV_IMPLS, default=None,
-                   help=f"conv_impl of the CNN / ResNet-20 (default on CPU: {CPU_CONV_DEFAULT['conv_impl']}; "
-                        "elsewhere the model's default)")
+                   help="conv_impl of the convolutional models (default: the model's default, 'auto')")
+    p.add_argument("--execution", choices=EXECUTIONS, default=None,
+                   help="simulate(..., execution=...) (default 'auto': the library's choice)")
     p.add_argument("--worker-batch", type=int, default=None,
-                   help="simulate(..., worker_batch=k): workers whose gradients are computed at once; 0 = all "
-                        f"(default: all; convolutional models on CPU: {CPU_CONV_DEFAULT['worker_batch']})")
+                   help="simulate(..., worker_batch=k): lax.map over groups of k workers; 0 = all workers at once "
+                        "(execution='vmap') (default: the library's choice)")
     p.add_argument("--no-memory-analysis", action="store_true",
                    help="skip simdl.memory.estimate (saves one compilation per row; implied by --quick)")
     p.add_argument("--conv-sweep", action="store_true",
@@ -503,32 +982,159 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput-<device>-<date>...)")
     args = p.parse_args(argv)
     args.custom = any(v is not None for v in (args.models, args.n, args.algorithms, args.max_n, args.conv_impl,
-                                              args.worker_batch)) or args.batch_size != 32
+                                              args.worker_batch, args.execution)) or args.batch_size != 32
     q = args.quick
-    args.models = args.models or (QUICK["models"] if q else tuple(MODEL_SPECS))
-    args.n = sorted(args.n or (QUICK["n"] if q else FULL_N))
+    args.plan_rows = QUICK["rows"] if q and args.models is None and args.n is None else None
+    args.models = args.models or (tuple(r[0] for r in QUICK["rows"]) if q else FULL_MODELS)
+    args.n = sorted(args.n or (sorted({r[1] for r in QUICK["rows"]}) if q else FULL_N))
     args.algorithms = args.algorithms or (QUICK["algorithms"] if q else ALGORITHMS)
-    args.loop_steps = args.loop_steps if args.loop_steps is not None else (QUICK["loop_steps"] if q else 2)
+    if args.suite_row is not None and args.suite is None:
+        p.error("--suite-row needs --suite")
+    if args.tiny and args.suite is None:
+        p.error("--tiny needs --suite gpu")
     for name in ("batch_size", "chunk", "repeats"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.worker_batch is not None and args.worker_batch < 0:
         p.error("--worker-batch must be >= 0")
+    if args.loop_steps is not None and args.loop_steps < 0:
+        p.error("--loop-steps must be >= 0")
     if any(n < 1 for n in args.n):
         p.error("--n values must be >= 1")
     return args
 
 
-def max_n_for(model: str, args, platform: str) -> int:
+def max_n_for(spec: str, args, platform: str) -> int:
     if args.max_n is not None:
         return args.max_n
-    return MAX_N_CPU[model] if platform == "cpu" else max(args.n)
+    return MAX_N_CPU[spec] if platform == "cpu" else max(args.n)
+
+
+def measure_gemm(args, platform: str, log) -> dict | None:
+    size = args.gemm_size if args.gemm_size is not None else (
+        TINY_GEMM if args.tiny else GEMM_SIZE.get(platform, GEMM_SIZE_ACCEL))
+    if not size:
+        return None
+    log(f"GEMM fp32 {size}^3 (jax{', torch' if torch_available() and not args.no_torch else ''}) ...")
+    gemm = gemm_rates(size, platform, configure_torch(args) is not None)
+    log("  " + format_gemm(gemm))
+    return gemm
+
+
+def _suite_rows(args) -> tuple[dict, ...]:
+    return TINY_SUITE if args.tiny else GPU_SUITE
+
+
+def run_suite_row(args, log) -> int:
+    """Child process of the suite: one row, written to ``--out`` (rows, device info)."""
+    info = device_info()
+    plan = _suite_rows(args)[args.suite_row]
+
+    def emit(rows):
+        write_json(Path(args.out), {**info, "rows": rows})
+
+    bench_model_n(plan["spec"], plan["n"], args, info, log, plan, emit)
+    return 0
+
+
+def run_suite(args, log, argv) -> int:
+    """The GPU suite (or its tiny CPU version): the GEMM rate here, then every row of :data:`GPU_SUITE` in its own
+    process (its device peak is its own; a crash or hang costs only that row), each under its ``timeout`` and the
+    suite's budget. Writes one JSON (and ``--also-out``), prints the table."""
+    t0 = time.perf_counter()
+    info = device_info()
+    torch_ok = torch_available() and not args.no_torch
+    log(f"simdl GPU suite{' (tiny)' if args.tiny else ''} on {info['platform']} ({info['device_kind']}), "
+        f"jax {info['jax_version']}; torch {'importable' if torch_ok else 'NOT importable (no PyTorch columns)'}")
+    if torch_ok:
+        import torch
+
+        log(f"  torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+    gemm = measure_gemm(args, info["platform"], log)
+    budget = args.suite_budget or (TINY_SUITE_BUDGET_S if args.tiny else GPU_SUITE_BUDGET_S)
+    path = output_path(args, info)
+    payload = {"benchmark": "throughput", "suite": "gpu-tiny" if args.tiny else "gpu",
+               "simdl_version": simdl.__version__, **info, "date": dt.date.today().isoformat(),
+               "torch_available": torch_ok, "gemm": gemm, "settings": {k: v for k, v in vars(args).items()},
+               "rows": [], "skipped": []}
+    passthrough = _strip_options(argv, ("--suite", "--out", "--also-out", "--suite-budget", "--suite-row"))
+    with tempfile.TemporaryDirectory(prefix="simdl-bench-") as tmp:
+        for i, plan in enumerate(_suite_rows(args)):
+            left = budget - (time.perf_counter() - t0)
+            label = f"{plan['spec']} n={plan['n']}"
+            if left < 20:
+                payload["skipped"].append({"model": plan["spec"], "n": plan["n"],
+                                           "reason": f"suite budget of {budget:g} s spent"})
+                log(f"{label}: skipped (suite budget of {budget:g} s spent)")
+                continue
+            timeout = min(plan["timeout"], left)
+            part = Path(tmp) / f"row{i}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--suite", "gpu", "--suite-row", str(i),
+                   "--out", str(part), *passthrough]
+            log(f"{label}: own process, timeout {timeout:.0f} s ...")
+            tr = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, timeout=timeout, stdout=subprocess.PIPE, text=True)
+                status = None if proc.returncode == 0 else f"process exited with status {proc.returncode}"
+            except subprocess.TimeoutExpired:
+                status = f"timed out after {timeout:.0f} s"
+            rows = json.loads(part.read_text())["rows"] if part.exists() else []
+            add_gemm(rows, gemm)
+            for r in rows:
+                r["row_wall_s"] = time.perf_counter() - tr
+            payload["rows"] += rows
+            if status:
+                payload["skipped"].append({"model": plan["spec"], "n": plan["n"], "reason": status})
+                log(f"{label}: {status}")
+            write_json(path, payload)
+    payload["wall_time_s"] = time.perf_counter() - t0
+    write_json(path, payload)
+    table = format_table(payload["rows"], info, gemm) + _device_memory_note(payload["rows"])
+    if payload["skipped"]:
+        table += "\nskipped: " + "; ".join(f"{s['model']} n={s['n']} ({s['reason']})" for s in payload["skipped"])
+    if not torch_ok:
+        table += "\n(torch is not importable here: no PyTorch columns)"
+    table += f"\n\n{len(payload['rows'])} rows in {payload['wall_time_s']:.0f} s; wrote {path}"
+    if args.also_out:
+        dest = Path(args.also_out)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest / path.name)
+        (dest / (path.stem + ".txt")).write_text(table + "\n")
+        table += f" and {dest / path.name}"
+    print(table)
+    return 0 if payload["rows"] else 1
+
+
+def _device_memory_note(rows: list[dict]) -> str:
+    lines = [f"{r['model']} n={r['n']} {r['algorithm']}: device peak {r['device_peak_bytes'] / 2**30:.2f} GiB, "
+             f"simdl.memory.estimate peak {r['xla_peak_bytes'] / 2**30:.2f} GiB"
+             for r in rows if r.get("device_peak_bytes") is not None and r.get("xla_peak_bytes") is not None]
+    return ("\n\n" + "\n".join(lines)) if lines else ""
+
+
+def _strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            continue
+        out.append(a)
+    return out
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    t_start = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.suite == "gpu":
+        return run_suite_row(args, log) if args.suite_row is not None else run_suite(args, log, argv)
     info = device_info()
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"simdl throughput benchmark on {info['platform']} ({info['device_kind']}), jax {info['jax_version']}")
     t0 = time.perf_counter()
     payload = {"benchmark": "throughput", "simdl_version": simdl.__version__, **info,
@@ -539,16 +1145,20 @@ def main(argv=None) -> int:
         payload["rows"] = conv_sweep(args, info, log)
         table = format_sweep(payload["rows"])
     else:
-        for model in args.models:
-            cap = max_n_for(model, args, info["platform"])
-            for n in args.n:
-                if n > cap:
-                    payload["skipped"].append({"model": model, "n": n, "reason": f"n > max n {cap} for {model} on "
-                                               f"{info['platform']} (time budget); use --max-n"})
-                    continue
-                payload["rows"] += bench_model_n(model, n, args, info, log)
-                write_json(path, payload)  # rows so far survive an interrupted run
-        table = format_table(payload["rows"], info)
+        gemm = measure_gemm(args, info["platform"], log)
+        payload["gemm"] = gemm
+        plan = args.plan_rows or [(m, n) for m in args.models for n in args.n]
+        for spec, n in plan:
+            cap = max_n_for(spec, args, info["platform"])
+            if n > cap:
+                payload["skipped"].append({"model": spec, "n": n, "reason": f"n > max n {cap} for {spec} on "
+                                           f"{info['platform']} (time budget); use --max-n"})
+                continue
+            rows = bench_model_n(spec, n, args, info, log)
+            add_gemm(rows, gemm)
+            payload["rows"] += rows
+            write_json(path, payload)  # rows so far survive an interrupted run
+        table = format_table(payload["rows"], info, gemm)
         if payload["skipped"]:
             table += "\nskipped: " + "; ".join(f"{s['model']} n={s['n']}" for s in payload["skipped"])
     payload["wall_time_s"] = time.perf_counter() - t0
@@ -556,7 +1166,7 @@ def main(argv=None) -> int:
     print(table)
     print(f"\n{len(payload['rows'])} rows in {payload['wall_time_s']:.0f} s; wrote {path}")
     if not torch_available() and not args.conv_sweep:
-        print("(torch is not installed: no PyTorch loop column)")
+        print("(torch is not installed: no PyTorch columns)")
     return 0
 
 
