@@ -620,6 +620,17 @@ def _free_torch(device: str) -> None:
 # --------------------------------------------------------------------------- the suite
 
 
+def mem_available_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (Linux), else ``None``."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def max_rss_bytes() -> int:
     """The process's maximum resident set size so far (bytes; Linux reports KiB, macOS bytes)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -674,8 +685,10 @@ def _build_rows(common: dict, sims: dict, bound: dict | None, refs: dict, flops:
                     "eval_s": sim["eval_s"], "eval_source": sim["eval_source"], "compile_s": sim["compile_s"],
                     **sim["memory"],
                     "flops_per_sample": flops, "achieved_gflops": flops * rate / 1e9 if flops else None})
-        if bound is not None and "error" in bound:
-            row["bound_error"] = bound["error"]
+        if bound is not None and bound.get("xla_peak_bytes") is not None:
+            row["bound_xla_peak_bytes"] = bound["xla_peak_bytes"]
+        if bound is not None and ("error" in bound or "skipped" in bound):
+            row.update({f"bound_{k}": bound[k] for k in ("error", "skipped") if k in bound})
         elif bound is not None:
             row.update({"bound_worker_samples_per_s": bound["worker_samples_per_s"],
                         "ratio_to_bound": rate / bound["worker_samples_per_s"], "bound_compile_s": bound["compile_s"]})
@@ -691,6 +704,27 @@ def _build_rows(common: dict, sims: dict, bound: dict | None, refs: dict, flops:
         row["load_average_1min"] = os.getloadavg()[0]
         rows.append(row)
     return rows
+
+
+def memory_guard(task, alg, topo, batch_size: int, args, info: dict, plan: dict) -> dict:
+    """On CPU with memory analysis on: ``simdl.memory.estimate`` of the bound's step (``xla_peak_bytes``), and
+    ``{"skipped": reason}`` when it exceeds ``--bound-memory-fraction`` of the memory available now (one model at
+    batch n·B can need far more than the simulator: ResNet-20 at batch 2048 about 17 GiB on XLA:CPU; on a shared
+    machine running out of memory kills more than this benchmark). Elsewhere ``{}``: off CPU an out-of-memory
+    error is an exception, recorded by the GPU suite."""
+    if info["platform"] != "cpu" or args.no_memory_analysis or args.quick or not plan.get("memory_analysis", True):
+        return {}
+    try:
+        peak = estimate(task, alg, topo, batch_size)["peak_bytes"]
+    except Exception:  # no memory analysis on this backend: no guard
+        return {}
+    out = {"xla_peak_bytes": peak}
+    avail = mem_available_bytes()
+    if peak is not None and avail and peak > args.bound_memory_fraction * avail:
+        out["skipped"] = (f"one model at batch {batch_size} needs {peak / 2**30:.1f} GiB (simdl.memory.estimate), "
+                          f"over {args.bound_memory_fraction:g} x the {avail / 2**30:.1f} GiB available now; "
+                          "--bound-memory-fraction to raise the limit")
+    return out
 
 
 def bench_model_n(spec: str, n: int, args, info: dict, log, plan: dict | None = None, emit=None) -> list[dict]:
@@ -756,13 +790,18 @@ def bench_model_n(spec: str, n: int, args, info: dict, log, plan: dict | None = 
     emit(_build_rows(common, sims, None, refs, None))
     log(f"  {spec} n={n}: bound (one model, batch {n * B}) ...")
     bound_alg, bound_topo = make_algorithm("dsgd", 1)
-    try:
-        bound = time_simulate(make_task(ds, model, 1, kw), bound_alg, bound_topo, n * B, chunk, repeats)
-    except Exception as err:
-        if not suite:
-            raise
-        bound = {"error": f"{type(err).__name__}: {err}"}
-        log(f"    failed: {bound['error']}")
+    bound_task = make_task(ds, model, 1, kw)
+    bound = memory_guard(bound_task, bound_alg, bound_topo, n * B, args, info, plan)
+    if "skipped" in bound:
+        log(f"    skipped: {bound['skipped']}")
+    else:
+        try:
+            bound.update(time_simulate(bound_task, bound_alg, bound_topo, n * B, chunk, repeats))
+        except Exception as err:
+            if not suite:
+                raise
+            bound["error"] = f"{type(err).__name__}: {err}"
+            log(f"    failed: {bound['error']}")
     try:
         flops = flops_per_sample(ds, model, kw, B)
     except Exception as err:  # cost analysis is backend-dependent
@@ -889,8 +928,8 @@ def format_table(rows: list[dict], info: dict, gemm: dict | None = None) -> str:
     lines += [format_row(r) for r in rows]
     notes = []
     for r in rows:
-        for p in ("error", "bound_error", "flops_error", "xla_estimate_error", "jax_loop_skipped", "jax_loop_error",
-                  "torch_loop_skipped", "torch_loop_error", "torch_func_skipped", "torch_func_error"):
+        for p in ("error", "bound_error", "bound_skipped", "flops_error", "xla_estimate_error", "jax_loop_skipped",
+                  "jax_loop_error", "torch_loop_skipped", "torch_loop_error", "torch_func_skipped", "torch_func_error"):
             if r.get(p):
                 notes.append(f"{r['model']} n={r['n']}{' ' + r['algorithm'] if p == 'error' else ''}: {p}: {r[p]}")
     if notes:
@@ -960,6 +999,10 @@ def parse_args(argv=None):
                    help="seconds each reference (JAX loop, PyTorch loop, torch.func) may take per row: timed steps "
                         "stop when the next would pass it; skipped when its warm-up step takes over half of it "
                         "(default: none; GPU suite: per row)")
+    p.add_argument("--bound-memory-fraction", type=float, default=0.85,
+                   help="on CPU, skip the bound when its estimated peak exceeds this fraction of the memory "
+                        "available now (default 0.85; implies the estimate, so not with --quick or "
+                        "--no-memory-analysis)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch references even if torch is installed")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads (default: all cores; on a busy shared CPU 1 is fairer to torch)")

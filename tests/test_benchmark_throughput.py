@@ -157,3 +157,18 @@ def test_torch_models_match_simdl_parameter_counts(bench):
         params = jax.eval_shape(net.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *shape), "float32"))
         torch_count = sum(p.numel() for p in bench._torch_model(model, shape, kw).parameters())
         assert torch_count == simdl.models.count_params(params), spec
+
+
+def test_bound_memory_guard(bench):
+    ds = bench.synthetic_dataset((8, 8, 1), 64)
+    task = bench.make_task(ds, "mlp", 1, {})
+    alg, topo = bench.make_algorithm("dsgd", 1)
+    info = {"platform": "cpu"}
+    ok = bench.memory_guard(task, alg, topo, 64, bench.parse_args(["--bound-memory-fraction", "100"]), info, {})
+    assert ok["xla_peak_bytes"] > 0 and "skipped" not in ok
+    if bench.mem_available_bytes():
+        tight = bench.memory_guard(task, alg, topo, 64, bench.parse_args(["--bound-memory-fraction", "1e-12"]),
+                                   info, {})
+        assert "GiB available now" in tight["skipped"]
+    assert bench.memory_guard(task, alg, topo, 64, bench.parse_args(["--quick"]), info, {}) == {}
+    assert bench.memory_guard(task, alg, topo, 64, bench.parse_args([]), {"platform": "gpu"}, {}) == {}
