@@ -675,7 +675,9 @@ def _build_rows(common: dict, sims: dict, bound: dict | None, refs: dict, flops:
     """The table rows from what has been measured so far (missing pieces stay absent / ``None``)."""
     rows = []
     for name, (sim, _, topo) in sims.items():
-        row = {**common, "algorithm": name, "topology": topo.name}
+        row = {**common, "algorithm": name, "topology": topo.name, "worker_batch": sim.get("worker_batch")}
+        if sim.get("fallback"):
+            row["oom_fallback"] = sim["fallback"]
         if "error" in sim:
             rows.append({**row, "error": sim["error"]})
             continue
@@ -704,6 +706,38 @@ def _build_rows(common: dict, sims: dict, bound: dict | None, refs: dict, flops:
         row["load_average_1min"] = os.getloadavg()[0]
         rows.append(row)
     return rows
+
+
+def _is_oom(err: Exception) -> bool:
+    msg = str(err)
+    return "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
+
+
+def _oom_fallback(task, alg, topo, batch_size: int, log) -> dict:
+    """After the default strategy ran out of device memory (GPU suite): ``worker_batch`` k for ``lax.map`` over
+    groups of k workers, the largest power of two whose temporaries (scaled from ``simdl.memory.estimate`` of the
+    default, which grow with the workers computed at once) fit 80% of the device's memory with the state and
+    data. Returns ``{"reason", "worker_batch" (None when even 1 would not fit), "default_xla_peak_bytes"}``."""
+    n = task.n_workers
+    limit = device_memory()["device_bytes_limit"]
+    try:
+        est = estimate(task, alg, topo, batch_size, None)
+    except Exception as err:
+        return {"reason": f"no estimate for a fallback: {type(err).__name__}: {err}"[:500], "worker_batch": None}
+    peak, temp = est.get("peak_bytes"), est.get("temp_bytes")
+    if not (limit and peak and temp):
+        return {"reason": "no device memory limit or estimate for a fallback", "worker_batch": None,
+                "default_xla_peak_bytes": peak}
+    room = 0.8 * limit - (peak - temp)
+    k = 1
+    while 2 * k < n and (2 * k) * temp / n <= room:
+        k *= 2
+    fits = k * temp / n <= room
+    reason = (f"the default ran out of device memory (simdl.memory.estimate: {peak / 2**30:.1f} GiB, device "
+              f"{limit / 2**30:.1f} GiB); " + (f"lax.map over groups of {k} workers" if fits else "no k fits"))
+    log(f"    {reason}")
+    return {"reason": reason, "worker_batch": k if fits else None, "default_xla_peak_bytes": peak,
+            "device_peak_includes_failed_attempt": True}
 
 
 def memory_guard(task, alg, topo, batch_size: int, args, info: dict, plan: dict) -> dict:
@@ -776,16 +810,30 @@ def bench_model_n(spec: str, n: int, args, info: dict, log, plan: dict | None = 
     for name in algorithms:
         alg, topo = make_algorithm(name, n)
         log(f"  {spec} n={n}: {name} on {topo.name} ...")
+        wb, ex, fallback = worker_batch, execution, None
         try:
-            sim = time_simulate(task, alg, topo, B, chunk, repeats, worker_batch, execution)
+            sim = time_simulate(task, alg, topo, B, chunk, repeats, wb, ex)
         except Exception as err:
             if not suite:
                 raise
             sim = {"error": f"{type(err).__name__}: {err}"}
-            log(f"    failed: {sim['error']}")
-        else:
-            sim["strategy"] = resolved_strategy(sim.pop("info"), task, execution, worker_batch, kw, shape)
+            log(f"    failed: {sim['error'][:300]}")
+            if _is_oom(err) and worker_batch is None and info["platform"] != "cpu":
+                fallback = _oom_fallback(task, alg, topo, B, log)
+            if fallback and fallback.get("worker_batch"):
+                wb, ex = fallback["worker_batch"], "map"
+                log(f"    retrying with worker_batch={wb}: {fallback['reason']}")
+                try:
+                    sim = time_simulate(task, alg, topo, B, chunk, repeats, wb, ex)
+                except Exception as err2:
+                    sim = {"error": f"{type(err2).__name__}: {err2}"}
+                    log(f"    failed: {sim['error'][:300]}")
+        if "error" not in sim:
+            sim["strategy"] = resolved_strategy(sim.pop("info"), task, ex, wb, kw, shape)
             sim["memory"] = device_memory()
+        sim["worker_batch"] = wb
+        if fallback:
+            sim["fallback"] = fallback
         sims[name] = (sim, alg, topo)
     emit(_build_rows(common, sims, None, refs, None))
     log(f"  {spec} n={n}: bound (one model, batch {n * B}) ...")
@@ -819,7 +867,7 @@ def bench_model_n(spec: str, n: int, args, info: dict, log, plan: dict | None = 
                 continue
             log(f"  {spec} n={n}: simdl.memory.estimate ({name}) ...")
             try:
-                est = estimate(task, alg, topo, B, worker_batch, **kwargs)
+                est = estimate(task, alg, topo, B, sim["worker_batch"], **kwargs)
                 sim["estimate"] = {f"xla_{k}": est[k] for k in ("peak_bytes", "temp_bytes", "argument_bytes")}
                 sim["estimate"].update(state_bytes=est["state_bytes"], data_bytes=est["data_bytes"])
             except Exception as err:  # e.g. a backend without memory_analysis

@@ -172,3 +172,19 @@ def test_bound_memory_guard(bench):
         assert "GiB available now" in tight["skipped"]
     assert bench.memory_guard(task, alg, topo, 64, bench.parse_args(["--quick"]), info, {}) == {}
     assert bench.memory_guard(task, alg, topo, 64, bench.parse_args([]), {"platform": "gpu"}, {}) == {}
+
+
+def test_oom_fallback_picks_a_fitting_worker_batch(bench, monkeypatch):
+    assert bench._is_oom(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate"))
+    assert not bench._is_oom(ValueError("shape mismatch"))
+    ds = bench.synthetic_dataset((8, 8, 1), 8 * 32)
+    task = bench.make_task(ds, "mlp", 8, {})
+    alg, topo = bench.make_algorithm("dsgd", 8)
+    est = bench.estimate(task, alg, topo, 32, None)
+    peak, temp = est["peak_bytes"], est["temp_bytes"]
+    limit = (0.3 * temp + peak - temp) / 0.8  # room for 30% of the default's temporaries: groups of 2 of 8
+    monkeypatch.setattr(bench, "device_memory", lambda: {"device_bytes_limit": limit, "device_peak_bytes": None})
+    fb = bench._oom_fallback(task, alg, topo, 32, lambda msg: None)
+    assert fb["worker_batch"] == 2 and "groups of 2 workers" in fb["reason"] and fb["default_xla_peak_bytes"] == peak
+    monkeypatch.setattr(bench, "device_memory", lambda: {"device_bytes_limit": None, "device_peak_bytes": None})
+    assert bench._oom_fallback(task, alg, topo, 32, lambda msg: None)["worker_batch"] is None
