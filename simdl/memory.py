@@ -16,7 +16,7 @@ import numpy as np
 
 from simdl.algorithms.base import Algorithm
 from simdl.mixing import make_mixer
-from simdl.simulate import build_step, check_compute_dtype, init_state
+from simdl.simulate import build_step, check_compute_dtype, check_execution, init_state
 from simdl.tasks.base import Task
 
 #: Keys of :func:`estimate` filled from ``Compiled.memory_analysis()`` (``None`` when the backend gives none).
@@ -43,8 +43,8 @@ def _check_worker_batch(worker_batch) -> int | None:
 
 
 def _compiled_sizes(task: Task, algorithm: Algorithm, topology, mixer, batch_size: int, worker_batch, state_shape,
-                    keys_shape, key_shape, compute_dtype: str = "float32") -> dict:
-    step = build_step(task, lambda hp: algorithm, topology, mixer, batch_size, worker_batch,
+                    keys_shape, key_shape, compute_dtype: str = "float32", execution: str = "auto") -> dict:
+    step = build_step(task, lambda hp: algorithm, topology, mixer, batch_size, worker_batch, execution=execution,
                       compute_dtype=compute_dtype)
     fn = jax.jit(lambda state, t, data, wk, ak: step(state, t, data, wk, ak, None), donate_argnums=(0,))
     lowered = fn.lower(state_shape, jax.ShapeDtypeStruct((), jnp.int32), _abstract(task.data), keys_shape, key_shape)
@@ -62,7 +62,8 @@ def _compiled_sizes(task: Task, algorithm: Algorithm, topology, mixer, batch_siz
 
 
 def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker_batch: int | None = None,
-             mixing: str = "auto", compile: bool = True, compute_dtype: str = "float32") -> dict:
+             mixing: str = "auto", compile: bool = True, compute_dtype: str = "float32", execution: str = "auto",
+             device_bytes: int | None = None) -> dict:
     """Memory needed to simulate ``algorithm`` on ``task`` over ``topology`` with per-worker batch ``batch_size``.
 
     Args:
@@ -71,12 +72,16 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
         gives only the exact sizes computed from shapes.
       compute_dtype: ``"float32"`` or ``"bfloat16"``, as for :func:`simdl.simulate` (only the compiled step's
         temporaries change: state and params stay float32).
+      execution: per-worker strategy as for :func:`simdl.simulate` (``"auto"`` resolves for the current backend).
+        The step is compiled for the current backend: to size a GPU run from a CPU machine pass ``"vmap"``, the GPU
+        default (XLA's GPU buffer assignment differs in detail; the estimate is of the same arrays).
+      device_bytes: a device's memory in bytes (e.g. ``80e9``); adds ``fits`` = ``peak_bytes <= device_bytes``.
 
     Returns:
       dict of Python ints (bytes) and numbers:
 
       * ``n_workers``, ``batch_size``, ``worker_batch`` (``None`` = all n at once), ``mixing`` (method name),
-        ``compute_dtype``;
+        ``compute_dtype``, ``execution`` (as given);
       * ``model_bytes``: one worker's parameters; ``params_bytes`` = n × ``model_bytes``;
       * ``state_bytes``: the whole stacked algorithm state (exact, ``jax.eval_shape`` of the algorithm's ``init``
         over the stacked parameters); ``state_copies`` = ``state_bytes / params_bytes``, the model-sized copies
@@ -89,7 +94,8 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
         (state, keys and the data the step reads; evaluation sets are not arguments of the step),
         ``output_bytes``, ``alias_bytes`` (outputs written in place of the donated state),
         ``generated_code_bytes``; and ``peak_bytes`` = data + keys + state + temporaries + outputs not aliased to
-        the state: the device memory resident while a step runs (the whole task data stays on device).
+        the state: the device memory resident while a step runs (the whole task data stays on device);
+        ``fits`` when ``device_bytes`` is given.
 
     Simulated faults (:mod:`simdl.faults`) are not part of the lowered step; they add only per-step masks.
 
@@ -101,6 +107,7 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     worker_batch = _check_worker_batch(worker_batch)
     check_compute_dtype(compute_dtype)
+    check_execution(execution)
     n = task.n_workers
     if topology.n != n:
         raise ValueError(f"topology {topology.name} has n={topology.n} workers but the task has n_workers={n}")
@@ -112,7 +119,7 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
                                   jax.ShapeDtypeStruct(key_shape.shape, key_shape.dtype))
     out = {
         "n_workers": n, "batch_size": int(batch_size), "worker_batch": worker_batch, "mixing": mixer.method,
-        "compute_dtype": compute_dtype,
+        "compute_dtype": compute_dtype, "execution": execution,
         "model_bytes": model_bytes, "params_bytes": n * model_bytes, "state_bytes": tree_bytes(state_shape),
         "data_bytes": tree_bytes(task.data), "keys_bytes": tree_bytes(keys_shape),
         "batch_bytes": n * tree_bytes(sample_shape),
@@ -120,10 +127,12 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
     out["state_copies"] = out["state_bytes"] / out["params_bytes"] if out["params_bytes"] else 0.0
     if compile:
         out.update(_compiled_sizes(task, algorithm, topology, mixer, int(batch_size), worker_batch, state_shape,
-                                   keys_shape, key_shape, compute_dtype))
+                                   keys_shape, key_shape, compute_dtype, execution))
         if out["temp_bytes"] is not None:  # resident during a step: all data, keys, state, temporaries, new outputs
             out["peak_bytes"] = (out["data_bytes"] + out["keys_bytes"] + out["state_bytes"] + out["temp_bytes"]
                                  + max(0, out["output_bytes"] - out["alias_bytes"]))
+            if device_bytes is not None:
+                out["fits"] = bool(out["peak_bytes"] <= device_bytes)
     return out
 
 
@@ -137,8 +146,9 @@ def _candidates(n: int) -> list[int | None]:
 
 
 def suggest_worker_batch(task: Task, algorithm: Algorithm, topology, batch_size: int, budget_bytes: int,
-                         mixing: str = "auto") -> int | None:
-    """The largest ``worker_batch`` whose estimated ``peak_bytes`` fits ``budget_bytes``.
+                         mixing: str = "auto", compute_dtype: str = "float32", execution: str = "auto") -> int | None:
+    """The largest ``worker_batch`` whose estimated ``peak_bytes`` fits ``budget_bytes`` (``compute_dtype``,
+    ``execution``: as for :func:`estimate`).
 
     Tries all n workers at once, then powers of two below n, by bisection, compiling one step per try
     (:func:`estimate`). Bisection assumes the step's temporaries grow with the number of workers computed at once,
@@ -160,7 +170,8 @@ def suggest_worker_batch(task: Task, algorithm: Algorithm, topology, batch_size:
 
     def peak(i: int) -> int:
         if i not in cache:
-            est = estimate(task, algorithm, topology, batch_size, cands[i], mixing)
+            est = estimate(task, algorithm, topology, batch_size, cands[i], mixing, compute_dtype=compute_dtype,
+                           execution=execution)
             if est["peak_bytes"] is None:
                 raise ValueError("this backend reports no memory analysis; cannot suggest a worker_batch")
             cache[i] = est["peak_bytes"]
