@@ -164,7 +164,7 @@ def simulate_batch(
                 "algorithm": {"name": algs[r].name, **algs[r].hyperparams, **hparams[r]},
                 "topology": topology.describe(), "steps": steps, "batch_size": batch_size, "seed": seeds[r],
                 "eval_every": eval_every, "mixing": mixer.method,
-                **resolve_execution(tasks[r], execution, worker_batch, params_r),
+                **resolve_execution(tasks[r], execution, worker_batch, params_r, batch_size),
                 "compiles": len(traces), "batched_runs": R,
                 "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype,
                 "wall_time_s": wall, "compile_time_s": compile_s, "steps_done": int(hist["step"][-1]) if len(

@@ -137,17 +137,22 @@ def in_compute_dtype(loss: Callable, compute_dtype: str = "float32") -> Callable
     return cast_loss
 
 
-def resolve_execution(task: Task, execution: str, worker_batch: int | None, stacked_params) -> dict:
+def resolve_execution(task: Task, execution: str, worker_batch: int | None, stacked_params,
+                      batch_size: int) -> dict:
     """What ``execution="auto"`` (or an override) resolves to for ``task`` on the default backend: ``execution``
     (``"vmap"``, ``"map"`` or ``"loop"``), ``map_batch_size`` (workers per ``lax.map`` iteration, ``None`` unless
-    ``"map"``), ``conv_impl`` (the convolution implementations used, ``"+"``-joined; ``None`` for a dense model)
-    and ``conv_layers`` (one entry per convolution). ``stacked_params``: parameters with the worker axis (shapes
-    suffice)."""
+    ``"map"``), ``conv_impl`` (the convolution implementations a training step uses, ``"+"``-joined; ``None`` for
+    a dense model) and ``conv_layers`` (one entry per convolution, in call order). ``stacked_params``: parameters
+    with the worker axis (shapes suffice); ``batch_size``: the per-worker batch B (``conv_impl="auto"`` depends on
+    it, see :func:`simdl.models.conv.resolve_conv_impl`)."""
     from simdl.models.batched import resolve_strategy
     from simdl.models.conv import layer_impls
 
     how = "map" if worker_batch is not None else resolve_strategy(check_execution(execution), stacked_params)
-    layers = layer_impls(stacked_params, task.info.get("conv_impl") or "auto")
+    one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stacked_params)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    batch = jax.eval_shape(lambda d, k: task.sample(d, k, 0, 0, int(batch_size)), task.data, key)
+    layers = layer_impls(task.loss, one, batch)
     return {"execution": how, "map_batch_size": (worker_batch or 1) if how == "map" else None,
             "conv_impl": "+".join(sorted(set(layers))) or None, "conv_layers": layers}
 
@@ -474,7 +479,7 @@ def simulate(
         "algorithm": {"name": algorithm.name, **algorithm.hyperparams},
         "topology": topology.describe(),
         "steps": steps, "batch_size": batch_size, "seed": seed, "eval_every": eval_every,
-        "mixing": mixer.method, **resolve_execution(task, execution, worker_batch, state_params),
+        "mixing": mixer.method, **resolve_execution(task, execution, worker_batch, state_params, batch_size),
         "compiles": len(traces), "wall_time_s": wall, "compile_time_s": compile_s,
         "eval_time_s": float(sum(eval_times)), "eval_first_time_s": eval_times[0] if eval_times else 0.0,
         "evaluations": len(eval_times), "steps_done": done,

@@ -88,17 +88,31 @@ def test_resolved_strategy_for_stacked_conv_model_on_cpu():
                          eval_every=2)
     if jax.default_backend() == "cpu":
         assert res.info["execution"] == "map" and res.info["map_batch_size"] == 1
-    assert res.info["conv_impl"] == "xla" and res.info["conv_layers"] == ["xla", "xla"]
+    # conv_impl="auto": im2col ("patches") for small patch matrices (B·Ho·Wo·kh·kw·cin <= 2**21), "xla" above
+    assert res.info["conv_impl"] == "patches" and res.info["conv_layers"] == ["patches", "patches"]
+    shapes = jax.eval_shape(lambda: _perturbed(task, 4))
+    big = resolve_execution(task, "auto", None, shapes, batch_size=1024)  # layer 2: 1024·16·288 > 2**21
+    assert big["conv_layers"] == ["patches", "xla"] and big["conv_impl"] == "patches+xla"
     assert res.info["evaluations"] == 2 and 0 < res.info["eval_first_time_s"] <= res.info["eval_time_s"]
     mlp = simdl.tasks.classification("digits", "mlp", n_workers=4)
     shapes = jax.eval_shape(lambda: _perturbed(mlp, 4))
-    assert resolve_execution(mlp, "auto", None, shapes)["execution"] == "vmap"
-    assert resolve_execution(mlp, "auto", None, shapes)["conv_impl"] is None
-    assert resolve_execution(mlp, "auto", 2, shapes) == {"execution": "map", "map_batch_size": 2,
-                                                          "conv_impl": None, "conv_layers": []}
-    patches = simdl.tasks.classification("digits", "cnn", n_workers=4, model_kwargs={"conv_impl": "patches"})
-    shapes = jax.eval_shape(lambda: _perturbed(patches, 4))
-    assert resolve_execution(patches, "vmap", None, shapes)["conv_impl"] == "patches"
+    assert resolve_execution(mlp, "auto", None, shapes, 8)["execution"] == "vmap"
+    assert resolve_execution(mlp, "auto", None, shapes, 8)["conv_impl"] is None
+    assert resolve_execution(mlp, "auto", 2, shapes, 8) == {"execution": "map", "map_batch_size": 2,
+                                                             "conv_impl": None, "conv_layers": []}
+    lax_task = simdl.tasks.classification("digits", "cnn", n_workers=4, model_kwargs={"conv_impl": "lax"})
+    shapes = jax.eval_shape(lambda: _perturbed(lax_task, 4))
+    assert resolve_execution(lax_task, "vmap", None, shapes, 8)["conv_layers"] == ["lax", "lax"]
+
+
+def test_conv_impl_auto_threshold():
+    from simdl.models.conv import PATCHES_MAX_ELEMENTS, resolve_conv_impl
+
+    assert resolve_conv_impl("auto", PATCHES_MAX_ELEMENTS) == "patches"
+    assert resolve_conv_impl("auto", PATCHES_MAX_ELEMENTS + 1) == "xla"
+    assert resolve_conv_impl("auto") == "xla" and resolve_conv_impl("lax", 1) == "lax"
+    with pytest.raises(ValueError, match="conv_impl"):
+        resolve_conv_impl("fft")
 
 
 def test_loss_unchanged_by_evaluation_settings():

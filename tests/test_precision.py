@@ -164,7 +164,8 @@ def test_float32_compute_dtype_is_the_plain_loss(digits_cnn):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_classification_step_runs_dots_and_convs_in_bf16(model):
-    task = simdl.tasks.classification("digits", model, n_workers=2, partition="iid", seed=0)
+    kw = {"model_kwargs": {"conv_impl": "xla"}} if model == "cnn" else {}  # a real convolution op (auto: im2col)
+    task = simdl.tasks.classification("digits", model, n_workers=2, partition="iid", seed=0, **kw)
     params = jax.eval_shape(lambda: _perturbed(task.init_params(jax.random.PRNGKey(0)), 2))  # abstract: lowered only
     batch = jax.eval_shape(lambda: _batches(task, 2, 8))
     for dt, tag in (("bfloat16", "bf16"), ("float32", "f32")):

@@ -14,7 +14,10 @@ generic path (measured 10-70x slower). The implementations here avoid both:
 * ``"patches"``: im2col by strided slices, then one matmul against the ``(kh·kw·cin, cout)`` kernel. Under
   ``vmap`` that matmul becomes a batched matmul instead of a grouped convolution.
 * ``"lax"``: plain ``lax.conv_general_dilated`` with JAX's autodiff (the reference).
-* ``"auto"``: ``"xla"``.
+* ``"auto"``: per layer, ``"patches"`` when the patch matrix ``(B·Ho·Wo, kh·kw·cin)`` has at most
+  :data:`PATCHES_MAX_ELEMENTS` elements (the small per-worker batches of training), ``"xla"`` otherwise (large
+  evaluation batches, large maps). On a 2-core CPU this made SmallCNN 28×28 training 1.8× faster than ``"xla"``
+  alone and kept evaluation at ``"xla"`` speed (``benchmarks/conv_strategies.py``).
 
 ``"xla"`` supports reverse mode (also grad-of-grad) but not forward mode (``jax.jvp``/``jacfwd``): use
 ``"lax"`` or ``"patches"`` for those.
@@ -45,25 +48,43 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
-def resolve_conv_impl(impl: str) -> str:
-    """Map ``"auto"`` to the concrete implementation (``"xla"``, measured fastest on CPU for training and
-    evaluation, see ``benchmarks/RESULTS.md``); validate others."""
+#: ``conv_impl="auto"`` uses ``"patches"`` for a convolution whose patch matrix ``(B·Ho·Wo, kh·kw·cin)`` has at
+#: most this many elements (small per-worker training batches: one cache-sized matmul per layer), ``"xla"`` above
+#: (large batches, e.g. evaluation, and large feature maps). Measured on XLA:CPU, see ``benchmarks/RESULTS.md``.
+PATCHES_MAX_ELEMENTS = 2**21
+
+
+def resolve_conv_impl(impl: str, patch_elements: int | None = None) -> str:
+    """The concrete implementation of a convolution for ``impl``: ``"auto"`` is ``"patches"`` when its patch
+    matrix has at most :data:`PATCHES_MAX_ELEMENTS` elements (``patch_elements``; unknown: ``"xla"``), else
+    ``"xla"``; validates ``impl``."""
     check_conv_impl(impl)
-    return "xla" if impl == "auto" else impl
+    if impl != "auto":
+        return impl
+    return "patches" if patch_elements is not None and patch_elements <= PATCHES_MAX_ELEMENTS else "xla"
 
 
-def layer_impls(params, impl: str = "auto", stacked_axes: int = 1) -> list[str]:
-    """The concrete implementation of every convolution in ``params`` (leaves named ``kernel`` of rank
-    ``4 + stacked_axes``), in pytree order, as :func:`conv2d` resolves ``impl`` for them; ``[]`` for a dense model."""
-    out = []
+def layer_impls(fn: Callable, *args) -> list[str]:
+    """The concrete implementation :func:`conv2d` uses for every :class:`Conv` layer that ``fn(*args)`` calls, in
+    call order, found by tracing ``fn`` abstractly (``jax.eval_shape``; nothing is computed) with a flax method
+    interceptor; ``[]`` for a dense model. E.g. ``layer_impls(task.loss, params, batch)`` for one worker."""
+    found: list[str] = []
 
-    def visit(path, leaf):
-        name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
-        if name == "kernel" and jnp.ndim(leaf) == 4 + stacked_axes:
-            out.append(resolve_conv_impl(impl))
+    def record(next_fun, call_args, call_kwargs, context):
+        module = context.module
+        if isinstance(module, Conv) and context.method_name == "__call__":
+            x = call_args[0]
+            ks = tuple(module.kernel_size)
+            strides = (module.strides,) * 2 if isinstance(module.strides, int) else tuple(module.strides)
+            pads = explicit_padding(x.shape[1:3], ks, strides, module.padding)
+            out_hw = [_out_size(n, k, st, p) for n, k, st, p in zip(x.shape[1:3], ks, strides, pads, strict=True)]
+            found.append(resolve_conv_impl(module.impl, x.shape[0] * out_hw[0] * out_hw[1] * ks[0] * ks[1]
+                                           * x.shape[-1]))
+        return next_fun(*call_args, **call_kwargs)
 
-    jax.tree_util.tree_map_with_path(visit, params)
-    return out
+    with nn.intercept_methods(record):
+        jax.eval_shape(fn, *args)
+    return found
 
 
 def explicit_padding(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int], padding) -> Pads:
@@ -197,13 +218,15 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1), pad
                          f"{kernel.shape}")
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]}")
-    impl = resolve_conv_impl(impl)
+    check_conv_impl(impl)
     strides = tuple(int(s) for s in strides)
     pads = explicit_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
     sizes = zip(x.shape[1:3], kernel.shape[:2], strides, pads, strict=True)
     if any(_out_size(n, k, s, p) < 1 for n, k, s, p in sizes):
         raise ValueError(f"input spatial size {tuple(x.shape[1:3])} is too small for kernel "
                          f"{tuple(kernel.shape[:2])} with padding {pads}")
+    ho, wo = (_out_size(n, k, s, p) for n, k, s, p in zip(x.shape[1:3], kernel.shape[:2], strides, pads, strict=True))
+    impl = resolve_conv_impl(impl, x.shape[0] * ho * wo * kernel.shape[0] * kernel.shape[1] * kernel.shape[2])
     if impl == "xla":
         return _conv_xla(x, kernel, strides, pads)
     if impl == "patches":
