@@ -42,7 +42,7 @@ from simdl.models import get_model, per_worker_apply
 MODELS = {"cnn8": ("cnn", (8, 8, 1), {}), "cnn28": ("cnn", (28, 28, 1), {}),
           "resnet20": ("resnet20", (32, 32, 3), {"norm": "group"})}
 STRATEGIES = (("vmap", None), ("map", None), ("map", 2), ("map", 4))
-IMPLS = ("xla", "patches", "lax")
+IMPLS = ("auto", "xla", "patches", "lax")
 LAYERS = ((32, 16, 16), (16, 32, 32), (8, 64, 64), (28, 1, 32), (14, 32, 64), (32, 3, 16))
 
 

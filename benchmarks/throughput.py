@@ -11,8 +11,7 @@ per-worker batch B = 32, it measures:
   j − 1 and j (the compiled ``lax.scan`` of K steps plus one evaluation) minus the evaluation's time. The first
   chunk (which also compiles) is not timed; the reported time is the fastest of the R timed chunks (least
   disturbed by other processes on a shared machine). Every row names the strategy that ran, from
-  ``result.info`` (``execution``, ``map_batch_size``, ``conv_impl``); when the installed simdl does not report
-  them yet, the benchmark infers them the way the library resolves ``"auto"`` (``strategy_source`` says which).
+  ``result.info`` (``execution``, ``map_batch_size``, ``conv_impl``, ``conv_layers``).
 * **bound**: one model trained at batch n·B through the same code path (``classification(..., n_workers=1)``,
   ``ring(1)``, D-SGD = plain SGD), same K and R, on the same device in the same process. The bound does the same
   arithmetic without the worker axis; ``ratio_to_bound`` = simulator / bound samples per second.
@@ -199,37 +198,10 @@ def device_memory() -> dict:
 # --------------------------------------------------------------------------- strategy
 
 
-def _stacked_shapes(task):
-    one = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
-    n = task.n_workers
-    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n, *s.shape), s.dtype), one)
-
-
-def resolved_strategy(res_info: dict, task, execution: str, worker_batch, model_kwargs: dict, shape) -> dict:
-    """The per-worker strategy that ran: ``execution``, ``map_batch_size``, ``conv_impl`` (``None`` for a dense
-    model), read from ``simdl.simulate``'s ``result.info`` when it reports them (``strategy_source =
-    "simulate.info"``), else inferred as the library resolves ``"auto"`` (``"inferred"``)."""
-    if res_info.get("execution") is not None:
-        return {"execution": res_info.get("execution"), "map_batch_size": res_info.get("map_batch_size"),
-                "conv_impl": res_info.get("conv_impl"), "strategy_source": "simulate.info"}
-    from simdl.models.batched import has_conv_kernel, resolve_strategy
-
-    stacked = _stacked_shapes(task)
-    conv = has_conv_kernel(stacked)
-    ex = "map" if worker_batch is not None else resolve_strategy(execution, stacked)
-    mbs = (worker_batch or 1) if ex == "map" else None
-    impl = None
-    if conv:
-        impl = model_kwargs.get("conv_impl", "auto")
-        if impl == "auto":
-            try:
-                from simdl.models.conv import resolve_conv_impl
-
-                impls = [resolve_conv_impl("auto", shape[-1]), resolve_conv_impl("auto", None)]
-                impl = "+".join(dict.fromkeys(impls))
-            except ImportError:
-                pass
-    return {"execution": ex, "map_batch_size": mbs, "conv_impl": impl, "strategy_source": "inferred"}
+def resolved_strategy(res_info: dict) -> dict:
+    """The per-worker strategy that ran, from ``simdl.simulate``'s ``result.info``: ``execution``,
+    ``map_batch_size``, ``conv_impl`` (``None`` for a dense model) and ``conv_layers``."""
+    return {k: res_info.get(k) for k in ("execution", "map_batch_size", "conv_impl", "conv_layers")}
 
 
 # --------------------------------------------------------------------------- timing through the runner
@@ -829,7 +801,7 @@ def bench_model_n(spec: str, n: int, args, info: dict, log, plan: dict | None = 
                     sim = {"error": f"{type(err2).__name__}: {err2}"}
                     log(f"    failed: {sim['error'][:300]}")
         if "error" not in sim:
-            sim["strategy"] = resolved_strategy(sim.pop("info"), task, ex, wb, kw, shape)
+            sim["strategy"] = resolved_strategy(sim.pop("info"))
             sim["memory"] = device_memory()
         sim["worker_batch"] = wb
         if fallback:
@@ -904,7 +876,7 @@ def conv_sweep(args, info: dict, log) -> list[dict]:
                 log(f"  cnn n={n} conv_impl={impl} worker_batch={wb} ...")
                 chunk, repeats = args.chunk or CHUNK["cnn"], args.repeats or REPEATS["cnn"]
                 sim = time_simulate(task, alg, topo, B, chunk, repeats, wb, execution)
-                strategy = resolved_strategy(sim["info"], task, execution, wb, {**kw, "conv_impl": impl}, shape)
+                strategy = resolved_strategy(sim["info"])
                 row = {**info, "date": dt.date.today().isoformat(), "kind": "conv_sweep", "model": "cnn",
                        "input_shape": list(shape), "n": n, "batch_size": B, "conv_impl_requested": impl,
                        "worker_batch": wb, **strategy, "algorithm": "dsgd", "topology": topo.name,

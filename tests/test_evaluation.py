@@ -45,9 +45,9 @@ def test_worker_metrics_equal_a_per_worker_loop_on_the_recorded_subset(model):
 
 
 def test_auto_subset_size_bounds_the_work_per_evaluation():
-    assert worker_eval_size("auto", 16, 10_000) == 512
-    assert worker_eval_size("auto", 64, 10_000) == 128
-    assert worker_eval_size("auto", 1024, 10_000) == 128
+    assert worker_eval_size("auto", 16, 10_000) == 384
+    assert worker_eval_size("auto", 64, 10_000) == 96
+    assert worker_eval_size("auto", 1024, 10_000) == 64
     assert worker_eval_size("auto", 4, 300) == 300
     assert worker_eval_size(None, 64, 10_000) == worker_eval_size("all", 64, 10_000) == 10_000
     assert worker_eval_size(7, 64, 10_000) == 7
@@ -79,7 +79,7 @@ def test_full_worker_evaluation_is_an_option():
     ev = task.info["evaluation"]
     assert ev["worker_test_samples"] == ev["avg_model_test_samples"] == 360 and ev["worker_test_subset"] == "all"
     default = simdl.tasks.classification("digits", "mlp", n_workers=64, partition="iid").info["evaluation"]
-    assert default["worker_test_samples"] == 128 and "seeded subset" in default["worker_test_subset"]
+    assert default["worker_test_samples"] == 96 and "seeded subset" in default["worker_test_subset"]
 
 
 def test_resolved_strategy_for_stacked_conv_model_on_cpu():

@@ -83,7 +83,7 @@ def layer_impls(fn: Callable, *args) -> list[str]:
         return next_fun(*call_args, **call_kwargs)
 
     with nn.intercept_methods(record):
-        jax.eval_shape(fn, *args)
+        jax.eval_shape(lambda *a: fn(*a), *args)  # a fresh function: a cached trace would skip the interceptor
     return found
 
 

@@ -13,8 +13,8 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 #: ``worker_eval_samples="auto"``: each worker's own model is evaluated on ``max(WORKER_EVAL_MIN,
 #: WORKER_EVAL_BUDGET // n)`` test samples (at most the test set), so one evaluation of all n workers costs about
 #: ``max(WORKER_EVAL_BUDGET, WORKER_EVAL_MIN · n)`` one-sample forward passes (a training step: ``≈ 3 · n · B``).
-WORKER_EVAL_BUDGET = 8192
-WORKER_EVAL_MIN = 128
+WORKER_EVAL_BUDGET = 6144
+WORKER_EVAL_MIN = 64
 #: samples per forward pass when workers' own models are evaluated together (groups of workers on accelerators and
 #: for dense models; one worker at a time for convolutional models on CPU): bounds evaluation memory whatever n.
 EVAL_PASS_SAMPLES = 8192
@@ -79,7 +79,7 @@ def classification(
     eval_batch_size: int = 1000,
     max_eval_samples: int | None = 10_000,
     worker_eval_samples: int | str | None = "auto",
-    train_eval_samples: int | str | None = 2048,
+    train_eval_samples: int | str | None = 1024,
     model_kwargs: dict | None = None,
     dataset_kwargs: dict | None = None,
     data=None,
@@ -107,7 +107,7 @@ def classification(
         subset of this many of the workers' training samples (all workers' shards, so it is unbiased under
         heterogeneous splits); ``"all"`` or ``None`` = every sample of every shard.
       worker_eval_samples: test samples on which every worker's own model is evaluated (``worker_accuracy_mean`` /
-        ``_min``): ``"auto"`` (default) ``min(max_eval_samples, max(128, 8192 // n))``, a fixed seeded subset of
+        ``_min``): ``"auto"`` (default) ``min(max_eval_samples, max(64, 6144 // n))``, a fixed seeded subset of
         the test set, the same at every evaluation; an int; or ``"all"``/``None`` = the same samples as x̄. Workers are
         evaluated in groups (one worker at a time for convolutional models on CPU), so memory is bounded
         whatever n and the test-set size. ``info["evaluation"]`` records what was evaluated.
