@@ -68,7 +68,7 @@ def test_suggest_worker_batch_bisects_powers_of_two(monkeypatch, digits_task):
     peaks = {None: 1000, 2: 600, 1: 400}  # n = 4: candidates all at once, 2, 1
     calls = []
 
-    def fake(task, algorithm, topology, batch_size, worker_batch=None, mixing="auto", compile=True):
+    def fake(task, algorithm, topology, batch_size, worker_batch=None, mixing="auto", compile=True, **kw):
         calls.append(worker_batch)
         return {"peak_bytes": peaks[worker_batch] if compile else None, "state_bytes": 300, "data_bytes": 50}
 
