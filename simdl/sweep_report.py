@@ -68,7 +68,13 @@ def cells(records: list[dict], keys: list[str]) -> dict:
 
 def best_learning_rates(records: list[dict], swept: list[str]) -> list[dict]:
     """For every cell (all swept keys but learning_rate and seeds), the learning rate with the best mean headline
-    metric over seeds."""
+    metric over seeds.
+
+    A learning rate with any diverged (or unfinished) seed is never the best. Each row also says which learning
+    rates diverged (``diverged``), whether the best one lies at the edge of the tried grid (``at_grid_edge``: the
+    optimum may be outside it, widen the grid), and ``best_learning_rate`` is ``None`` (metric NaN) when every
+    learning rate of the cell diverged.
+    """
     metric, higher = headline_metric(records)
     keys = ["algorithm", "topology", *[k for k in swept if k not in ("learning_rate", "train.seed", "task.seed",
                                                                        "algorithm", "topology")]]
@@ -78,10 +84,36 @@ def best_learning_rates(records: list[dict], swept: list[str]) -> list[dict]:
         for r in recs:
             by_lr[r["run"].get("learning_rate")].append(_score(r, metric, higher))
         means = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
-        best = max(means, key=means.get) if higher else min(means, key=means.get)
-        rows.append({**dict(zip(keys, cell, strict=True)), "best_learning_rate": best, metric: means[best],
-                     "tried": sorted(means, key=lambda x: float(x))})
+        tried = sorted(means, key=lambda x: float(x))
+        finite = {lr: m for lr, m in means.items() if np.isfinite(m)}
+        best = (max(finite, key=finite.get) if higher else min(finite, key=finite.get)) if finite else None
+        edge = best is not None and len(tried) > 2 and best in (tried[0], tried[-1])
+        rows.append({**dict(zip(keys, cell, strict=True)), "best_learning_rate": best,
+                     metric: finite[best] if best is not None else float("nan"), "tried": tried,
+                     "diverged": [lr for lr in tried if lr not in finite], "at_grid_edge": edge})
     return rows
+
+
+#: Keys of a :func:`best_learning_rates` row that describe the result rather than the cell.
+BEST_LR_FIELDS = ("best_learning_rate", "tried", "diverged", "at_grid_edge")
+
+
+def cell_label(row: dict, metric: str) -> str:
+    """The cell of a :func:`best_learning_rates` row as ``key=value`` words."""
+    return " ".join(f"{k}={v}" for k, v in row.items() if k not in (*BEST_LR_FIELDS, metric))
+
+
+def describe_best_lr(row: dict, metric: str) -> str:
+    """One line for a :func:`best_learning_rates` row, with warnings for diverged rates and a best at the grid edge."""
+    if row["best_learning_rate"] is None:
+        return f"{cell_label(row, metric)}: none (every learning rate diverged; tried {row['tried']})"
+    line = f"{cell_label(row, metric)}: {row['best_learning_rate']} ({metric} {row[metric]:.4g}; tried {row['tried']}"
+    if row["diverged"]:
+        line += f"; diverged {row['diverged']}"
+    line += ")"
+    if row["at_grid_edge"]:
+        line += " -- at the edge of the grid: the best rate may lie outside it, widen --lrs"
+    return line
 
 
 def write_best_lr(rows: list[dict], out: Path) -> None:
@@ -164,9 +196,10 @@ def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[
     if "learning_rate" in swept:
         rows = best_learning_rates(records, swept)
         fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.5))
-        labels = [" ".join(str(v) for k, v in r.items() if k not in ("best_learning_rate", metric, "tried"))
+        labels = [cell_label(r, metric)
                   for r in rows]
-        ax.barh(range(len(rows)), [float(r["best_learning_rate"]) for r in rows])
+        ax.barh(range(len(rows)), [np.nan if r["best_learning_rate"] is None else float(r["best_learning_rate"])
+                                   for r in rows])
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("best learning rate")
