@@ -18,6 +18,7 @@ from simdl.simulate import (
     Recorder,
     SimulationResult,
     _device_info,
+    blew_up,
     build_chunk,
     build_evaluate,
     check_compute_dtype,
@@ -152,7 +153,10 @@ def simulate_batch(
                 rows.append(None)
                 continue
             s = {k: np.asarray(v)[r] for k, v in sums.items()}
-            rows.append(recs[r].add(done, np.asarray(loss)[r], s, np.asarray(lr)[r], m))
+            row = recs[r].add(done, np.asarray(loss)[r], s, np.asarray(lr)[r], m)
+            if blew_up({k: v[0] for k, v in recs[r].history.items()}, row):
+                diverged[r] = done
+            rows.append(row)
         if callback is not None:
             callback(done, rows)
     wall = time.perf_counter() - t0

@@ -31,8 +31,9 @@ class SimulationResult(NamedTuple):
         (``avg_model_loss``; classification: ``avg_model_accuracy``, ``worker_accuracy_mean``,
         ``worker_accuracy_min``, ...; quadratics: ``suboptimality``, ...).
       final: the last evaluation's metrics as floats.
-      diverged_at: first step whose mean loss was NaN/Inf, or ``None``. The history stops at the last finite
-        evaluation.
+      diverged_at: first step whose mean loss was NaN/Inf (the history stops at the last finite evaluation), or the
+        evaluation step at which the run blew up (:func:`blew_up`: loss and consensus distance both grew beyond
+        :data:`BLOWUP_FACTOR` × their first evaluated values; that evaluation is the history's last row), or ``None``.
       info: run description: config, compile count, wall times (``wall_time_s``, ``compile_time_s``; evaluation:
         ``eval_time_s`` summed over ``evaluations``, of which ``eval_first_time_s`` includes its compilation),
         device, jax version, mixing method, the resolved per-worker strategy (``execution``, ``map_batch_size``,
@@ -261,6 +262,20 @@ def init_state(task: Task, algorithm: Algorithm, topology, mixer, seed: int):
     return algorithm.init(params0, ctx0), worker_keys, k_alg
 
 
+#: A run is marked diverged when, at an evaluation, its mean loss exceeds this factor times the first evaluation's
+#: and its consensus distance this factor times the first evaluation's too (a blow-up before NaN/Inf appears).
+BLOWUP_FACTOR = 1e3
+
+
+def blew_up(first: dict, row: dict, factor: float = BLOWUP_FACTOR) -> bool:
+    """Whether evaluation ``row`` shows a blow-up relative to the run's ``first`` evaluation row: the mean loss grew
+    beyond ``factor`` × its first value and the consensus distance Ξ² beyond ``factor`` × its first value (floored
+    at 1e-12, so exact-average algorithms whose Ξ² stays 0 are never flagged)."""
+    loss0, loss = abs(first["loss"]), row["loss"]
+    xi0, xi = first.get("consensus_distance", 0.0), row.get("consensus_distance", 0.0)
+    return bool(loss0 > 0 and loss > factor * loss0 and xi > factor * max(xi0, 1e-12))
+
+
 class Recorder:
     """Host-side history of one run: cumulative counters (float64) and one row per evaluation."""
 
@@ -458,6 +473,9 @@ def simulate(
                 diverged_at = done
                 break
             row = rec.add(done, loss, sums, lr, metrics)
+            if blew_up({k: v[0] for k, v in rec.history.items()}, row):
+                diverged_at = done
+                break
             if mgr is not None and (done % checkpoint_every == 0 or done == steps):
                 _save_checkpoint(mgr, done, state, rec.meta())
             if callback is not None:

@@ -117,3 +117,19 @@ def test_execution_overrides_give_the_same_numbers(execution):
 def test_unknown_execution_is_refused_before_compiling(quad):
     with pytest.raises(ValueError, match="unknown execution 'gpu'"):
         simdl.simulate(quad, dsgd(0.1), T.ring(8), steps=5, execution="gpu")
+
+
+def test_blow_up_without_nan_is_marked_diverged():
+    """Loss and consensus distance growing 1e3x over their first values ends the run as diverged at that step."""
+    from simdl.batch import simulate_batch
+
+    task = simdl.tasks.random_quadratics(n_workers=4, dim=5, zeta2=1.0, seed=0)
+    topo = simdl.topologies.ring(4)
+    res = simdl.simulate(task, simdl.algorithms.dsgd(2.6), topo, steps=60, batch_size=4, eval_every=5)
+    assert res.diverged_at is not None and res.diverged_at < 60
+    assert res.history["step"][-1] == res.diverged_at and np.all(np.isfinite(res.history["loss"]))
+    assert res.history["loss"][-1] > 1e3 * res.history["loss"][0]
+    (bat, ok) = simulate_batch([task] * 2, lambda hp: simdl.algorithms.dsgd(lambda t: hp["learning_rate"]),
+                               [{"learning_rate": 2.6}, {"learning_rate": 0.1}], topo, steps=60, batch_size=4,
+                               eval_every=5, seeds=[0, 0])
+    assert bat.diverged_at == res.diverged_at and ok.diverged_at is None
