@@ -1,6 +1,7 @@
 """Batched runs (one compiled program over a run axis) equal separate runs."""
 
 import numpy as np
+import optax
 import pytest
 
 import simdl
@@ -50,3 +51,13 @@ def test_mismatched_inputs_raise():
     task = simdl.tasks.random_quadratics(n_workers=4, dim=3)
     with pytest.raises(ValueError, match="as many hparams"):
         simulate_batch([task] * 2, _dsgd, [{"learning_rate": 0.1}], simdl.topologies.ring(4), steps=10)
+
+
+def test_batched_learning_rate_out_of_range_is_refused_before_compiling():
+    task = simdl.tasks.random_quadratics(n_workers=4, dim=3, seed=0)
+    with pytest.raises(ValueError, match=r"learning_rate schedule gives -0\.1 at step 0"):
+        simulate_batch([task] * 2, _dsgd, [{"learning_rate": 0.1}, {"learning_rate": -0.1}],
+                       simdl.topologies.ring(4), steps=10)
+    with pytest.raises(ValueError, match="at step 0"):
+        simdl.algorithms.dsgd(lambda t: float("nan"))
+    simdl.algorithms.dsgd(optax.linear_schedule(0.0, 0.1, 10))  # warm-up from 0 is allowed

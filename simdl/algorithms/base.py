@@ -67,10 +67,21 @@ class Algorithm(NamedTuple):
 def as_schedule(learning_rate) -> optax.Schedule:
     """Return an optax schedule (``step -> lr``) for a float or a schedule.
 
+    A schedule is checked at step 0 when its value there is concrete (not while tracing): it must be finite and
+    ≥ 0 (0 allows warm-up schedules). In batched runs the per-run rates enter as schedules, so a negative batched
+    learning rate is refused here like a single run's.
+
     Raises:
-      ValueError: a float learning rate that is not finite and > 0.
+      ValueError: a float learning rate that is not finite and > 0, or a schedule whose step-0 value is negative or
+        not finite.
     """
     if callable(learning_rate):
+        try:
+            lr0 = float(learning_rate(0))
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+            return learning_rate  # traced inside a compiled program (checked when the run was built)
+        if not np.isfinite(lr0) or lr0 < 0:
+            raise ValueError(f"learning_rate schedule gives {lr0!r} at step 0; expected a finite value >= 0")
         return learning_rate
     lr = float(learning_rate)
     if not np.isfinite(lr) or lr <= 0:
