@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,12 +179,52 @@ def test_exact_convergence_with_constant_step_where_dsgd_is_biased(name):
     assert base.final["consensus_distance"] > 0.1
 
 
-def test_d2_rejects_lambda_min_at_minus_one_third():
-    topo = simdl.topologies.ring(16)  # MH ring, even n: λ_min = −1/3
-    with pytest.raises(ValueError, match=r"lambda_min.*-1/3.*self weight.*exact_diffusion"):
-        d2(0.1).init({"x": jnp.zeros((16, 3))}, _ctx(topo, 0))
-    d2(0.1).init({"x": jnp.zeros((15, 3))}, _ctx(simdl.topologies.ring(15), 0))  # odd ring is fine
-    exact_diffusion(0.1).init({"x": jnp.zeros((16, 3))}, _ctx(topo, 0))
+@pytest.mark.parametrize("n", [8, 16])
+def test_d2_accepts_the_even_mh_ring_with_a_warning(n):
+    topo = simdl.topologies.ring(n)  # MH ring, even n: λ_min = −1/3 exactly (what the D² authors ran)
+    assert abs(topo.lambda_min + 1 / 3) < 1e-12
+    with pytest.warns(UserWarning, match=r"lambda_min\(W\) = -0\.333333.*boundary.*not guaranteed"):
+        d2(0.1).init({"x": jnp.zeros((n, 3))}, _ctx(topo, 0))
+
+
+def test_d2_inside_the_condition_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d2(0.1).init({"x": jnp.zeros((15, 3))}, _ctx(simdl.topologies.ring(15), 0))  # odd ring: λ_min > −1/3
+        d2(0.1).init({"x": jnp.zeros((16, 3))}, _ctx(_ring(16, self_weight=0.4), 0))
+        exact_diffusion(0.1).init({"x": jnp.zeros((16, 3))}, _ctx(simdl.topologies.ring(16), 0))  # (I + W)/2
+
+
+def test_d2_rejects_lambda_min_below_minus_one_third():
+    # circulant 4-ring with self weight 0.1: eigenvalues 0.1 + 0.9 cos(2πk/4), λ_min = −0.8
+    w = np.array([[0.1, 0.45, 0.0, 0.45], [0.45, 0.1, 0.45, 0.0], [0.0, 0.45, 0.1, 0.45], [0.45, 0.0, 0.45, 0.1]])
+    topo = simdl.topologies.from_weights(w)
+    assert topo.lambda_min == pytest.approx(-0.8)
+    with pytest.raises(ValueError, match=r"lambda_min\(W\) >= -1/3.*lambda_min = -0\.8\b.*self weight.*exact_diff"):
+        d2(0.1).init({"x": jnp.zeros((4, 3))}, _ctx(topo, 0))
+    exact_diffusion(0.1).init({"x": jnp.zeros((4, 3))}, _ctx(topo, 0))  # (I + W)/2 has λ_min = 0.1
+
+
+@pytest.mark.parametrize(("delta", "ok"), [(5e-10, True), (1e-8, False)])
+def test_d2_boundary_tolerance(delta, ok):
+    topo = _ring(8, self_weight=1 / 3 - delta / 2)  # circulant: λ_min = 2a − 1 = −1/3 − δ
+    assert topo.lambda_min == pytest.approx(-1 / 3 - delta, abs=1e-13)
+    x = {"x": jnp.zeros((8, 3))}
+    if ok:
+        with pytest.warns(UserWarning, match="boundary"):
+            d2(0.1).init(x, _ctx(topo, 0))
+    else:
+        with pytest.raises(ValueError, match="lambda_min"):
+            d2(0.1).init(x, _ctx(topo, 0))
+
+
+def test_d2_on_the_even_mh_ring_matches_the_reference():
+    topo = simdl.topologies.ring(N)
+    x0, grads = _data(11)
+    with pytest.warns(UserWarning, match="boundary"):
+        got = _run(d2(0.05), topo, x0, grads)
+    for (state, _), ref in zip(got, _ref_d2(topo.weights, 0.05, x0, grads), strict=True):
+        np.testing.assert_allclose(np.asarray(state.params["x"]), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_not_doubly_stochastic_is_rejected():

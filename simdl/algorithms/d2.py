@@ -1,12 +1,15 @@
-"""D² (Tang et al. 2018, arXiv 1803.07068) and Exact Diffusion (Yuan et al. 2017, arXiv 1702.05122), ALGORITHMS.md §4.
+"""D² (Tang et al. 2018, arXiv 1803.07068) and Exact Diffusion (Yuan et al. 2017, arXiv 1702.05122); see
+docs/algorithms.md.
 
 Both remove the heterogeneity bias of D-SGD: with a constant step and exact gradients they converge to the exact
 optimum. With U_t the local update (``−η g`` for plain SGD; the local optax optimizer's update in general):
 
 ``X_{t+1} = W̃ (X_t + U_t + C_t)``, ``C_{t+1} = X_{t+1} − X_t − U_t``, ``C_0 = 0``
 
-i.e. ``X_{t+1} = W̃ (2 X_t − X_{t−1} + U_t − U_{t−1})``. D² uses ``W̃ = W`` and needs ``λ_min(W) > −1/3``;
-Exact Diffusion uses ``W̃ = (I + W)/2``, whose eigenvalues are ≥ 0.
+i.e. ``X_{t+1} = W̃ (2 X_t − X_{t−1} + U_t − U_{t−1})``. D² uses ``W̃ = W``; its analysis needs
+``λ_min(W) > −1/3``. At the boundary ``λ_min = −1/3`` (the plain Metropolis–Hastings ring with even n, which the D²
+authors ran) it is accepted with a warning, below it refused. Exact Diffusion uses ``W̃ = (I + W)/2``, whose
+eigenvalues are ≥ 0, so it has no spectral condition.
 
 Implementation: with ``Y = X_t + U_t + C_t`` and ``L = (W̃ − I) Y`` computed from neighbour differences
 (:func:`laplacian`), ``X_{t+1} = Y + L`` and ``C_{t+1} = C_t + L`` (the same iterates in exact arithmetic). The
@@ -17,6 +20,7 @@ the difference form stays at ~1e-12.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -29,6 +33,8 @@ from simdl.algorithms.gossip import _hyper
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 
 D2_LAMBDA_MIN = -1.0 / 3.0
+#: λ_min within this of −1/3 counts as the boundary (accepted with a warning); below −1/3 − tol is refused.
+D2_LAMBDA_TOL = 1e-9
 STOCHASTIC_TOL = 1e-8
 
 
@@ -61,12 +67,23 @@ def check_doubly_stochastic(topology, name: str) -> None:
 
 
 def check_d2_spectrum(topology) -> None:
-    """Raise ValueError unless ``λ_min(W) > −1/3`` (D²'s condition, arXiv 1803.07068)."""
+    """Check D²'s spectral condition ``λ_min(W) > −1/3`` (arXiv 1803.07068) on ``topology``.
+
+    ``λ_min ≥ −1/3 − 1e-9`` is accepted; at the boundary (``|λ_min + 1/3| ≤ 1e-9``, e.g. the plain MH ring with even
+    n, as the D² authors ran it) a :class:`UserWarning` says that convergence is not guaranteed.
+
+    Raises:
+      ValueError: ``λ_min(W) < −1/3 − 1e-9``.
+    """
     lam = float(topology.lambda_min)
-    if not lam > D2_LAMBDA_MIN + 1e-9:
-        raise ValueError(f"d2 needs lambda_min(W) > -1/3, but {topology.name} has lambda_min = {lam:.6g}. Use a "
+    if lam < D2_LAMBDA_MIN - D2_LAMBDA_TOL:
+        raise ValueError(f"d2 needs lambda_min(W) >= -1/3, but {topology.name} has lambda_min = {lam:.6g}. Use a "
                          "larger self weight (e.g. W' = a I + (1 - a) W with a > 0), or exact_diffusion, which mixes "
                          "with (I + W)/2")
+    if lam <= D2_LAMBDA_MIN + D2_LAMBDA_TOL:
+        warnings.warn(f"d2: {topology.name} has lambda_min(W) = {lam:.6g}, at the boundary -1/3 of D2's condition "
+                      "lambda_min(W) > -1/3; convergence is not guaranteed there (a larger self weight or "
+                      "exact_diffusion avoids it)", UserWarning, stacklevel=3)
 
 
 def laplacian(topology, tree, scale: float = 1.0):
@@ -141,15 +158,19 @@ def d2(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_deca
 
     The paper's D² has no momentum (default); ``momentum``/``nesterov``/``optimizer`` change the local update U_t
     (see :func:`simdl.algorithms.local.local_optimizer`). Needs a static, doubly stochastic W with
-    ``λ_min(W) > −1/3`` (an even MH ring has λ_min = −1/3 exactly: raise the self weight or use
-    :func:`exact_diffusion`).
+    ``λ_min(W) > −1/3``. The boundary ``λ_min(W) = −1/3`` (to 1e-9; the plain MH ring with even n, what the D² authors
+    ran) is accepted with a :class:`UserWarning` (convergence not guaranteed); to be safe, raise the self weight or
+    use :func:`exact_diffusion`.
 
     Returns:
       :class:`Algorithm` with state :class:`D2State`; one model per out-edge per step.
 
     Raises:
       ValueError: invalid optimizer settings (factory); at ``init``: W not doubly stochastic, or
-        ``λ_min(W) ≤ −1/3``.
+        ``λ_min(W) < −1/3 − 1e-9``.
+
+    Warns:
+      UserWarning: at ``init``, when ``λ_min(W)`` is −1/3 to within 1e-9.
     """
     return _d2_family("d2", learning_rate, False, momentum, nesterov, weight_decay, optimizer, weight_decay_mask)
 
@@ -158,6 +179,8 @@ def exact_diffusion(learning_rate, momentum: float = 0.0, nesterov: bool = False
                     optimizer: optax.GradientTransformation | None = None, weight_decay_mask=None) -> Algorithm:
     """Exact Diffusion (Yuan et al. 2017, arXiv 1702.05122) = D² with ``W̃ = (I + W)/2``:
     adapt ``ψ_{t+1} = x_t + U_t``, correct ``φ = ψ_{t+1} + x_t − ψ_t``, combine ``x_{t+1} = W̃ φ``.
+
+    W̃'s eigenvalues are ``(1 + λ(W))/2 ≥ 0``, so any static doubly stochastic W is accepted (e.g. the even MH ring).
 
     Raises:
       ValueError: invalid optimizer settings (factory); at ``init``: W not doubly stochastic.
