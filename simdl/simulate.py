@@ -327,6 +327,31 @@ def _restore_checkpoint(mgr, state):
     return step, restored, r["meta"]
 
 
+def run_fingerprint(task: Task, algorithm: Algorithm, topology, batch_size: int, seed: int, eval_every: int,
+                    faults, compute_dtype: str, mixing: str) -> dict:
+    """What identifies a run for resuming: everything that changes its numbers except ``steps`` (a resumed run may
+    go further). JSON-normalised (non-JSON values as their ``str``), so it survives a round trip through a
+    checkpoint."""
+    import json
+
+    fp = {"task": task.info | {"name": task.name}, "algorithm": {"name": algorithm.name, **algorithm.hyperparams},
+          "topology": topology.describe(), "batch_size": batch_size, "seed": seed, "eval_every": eval_every,
+          "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype, "mixing": mixing}
+    return json.loads(json.dumps(fp, default=str))
+
+
+def fingerprint_difference(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``key: saved != current`` for every leaf where two fingerprints differ (dotted keys)."""
+    out = []
+    for k in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(k, "<absent>"), current.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += fingerprint_difference(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} != {b!r}")
+    return out
+
+
 def simulate(
     task: Task,
     algorithm: Algorithm,
@@ -436,11 +461,18 @@ def simulate(
     mgr = None
     if checkpoint_dir is not None:
         checkpoint_every = checkpoint_every or eval_every
+        fingerprint = run_fingerprint(task, algorithm, topology, batch_size, seed, eval_every, faults, compute_dtype,
+                                      mixer.method)
         mgr = _checkpointer(checkpoint_dir)
         if resume:
             restored = _restore_checkpoint(mgr, state)
             if restored is not None:
                 done, state, meta = restored
+                diff = fingerprint_difference(meta["fingerprint"], fingerprint) if "fingerprint" in meta else []
+                if diff:
+                    raise ValueError(f"checkpoint_dir {checkpoint_dir} holds a different run (checkpoint != this "
+                                     f"run): {'; '.join(diff[:5])}; resume with the same config or use another "
+                                     "checkpoint_dir")
                 rec = Recorder(meta["history"], meta["totals"])
                 if layout is not None:
                     state = layout.put(state)
@@ -477,7 +509,7 @@ def simulate(
                 diverged_at = done
                 break
             if mgr is not None and (done % checkpoint_every == 0 or done == steps):
-                _save_checkpoint(mgr, done, state, rec.meta())
+                _save_checkpoint(mgr, done, state, rec.meta() | {"fingerprint": fingerprint})
             if callback is not None:
                 callback(done, row)
             if bar is not None:

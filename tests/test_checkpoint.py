@@ -78,3 +78,18 @@ def test_checkpoint_arguments_are_validated(tmp_path):
                        checkpoint_every=15, **kw)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         simdl.simulate(task, simdl.algorithms.dsgd(0.1), simdl.topologies.ring(4), resume=True, **kw)
+
+
+def test_resuming_a_different_config_is_refused_naming_the_difference(tmp_path):
+    task = simdl.tasks.random_quadratics(n_workers=4, dim=3, seed=0)
+    topo = simdl.topologies.ring(4)
+    simdl.simulate(task, simdl.algorithms.dsgd(0.1), topo, steps=20, eval_every=10, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"holds a different run.*algorithm\.learning_rate: 0\.1 != 0\.2"):
+        simdl.simulate(task, simdl.algorithms.dsgd(0.2), topo, steps=40, eval_every=10, checkpoint_dir=tmp_path,
+                       resume=True)
+    with pytest.raises(ValueError, match=r"seed: 0 != 1"):
+        simdl.simulate(task, simdl.algorithms.dsgd(0.1), topo, steps=40, eval_every=10, seed=1,
+                       checkpoint_dir=tmp_path, resume=True)
+    more = simdl.simulate(task, simdl.algorithms.dsgd(0.1), topo, steps=40, eval_every=10, checkpoint_dir=tmp_path,
+                          resume=True)  # the same run, going further: accepted
+    assert more.history["step"][-1] == 40
