@@ -34,7 +34,8 @@ def triangular(max_lr: float, min_lr: float, period: int) -> optax.Schedule:
 
 def sawtooth(max_lr: float, min_lr: float, period: int) -> optax.Schedule:
     """SWA-style saw-tooth: ``η(i) = (1 − t(i)) η_1 + t(i) η_2``, ``t(i) = ((i mod c) + 1)/c`` with ``η_1 = max_lr``,
-    ``η_2 = min_lr``, ``c = period`` (ALGORITHMS.md §3.1): decays linearly within each cycle, ends at ``min_lr``."""
+    ``η_2 = min_lr``, ``c = period`` (docs/algorithms.md#model_averaging_clr): decays linearly within each cycle, ends
+    at ``min_lr``."""
     _check(max_lr, min_lr, period)
 
     def schedule(step):

@@ -1,4 +1,5 @@
-"""Gossip and averaging baselines against float64 numpy references of their rules (ALGORITHMS.md §1, §4)."""
+"""Gossip and averaging baselines against float64 numpy references of their rules
+(docs/algorithms.md#gossip-sgd-dsgd-dpsgd-cdsgd-cdmsgd, #exact-averaging-allreduce-local_sgd-model_averaging_clr)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
-"""CDSGD's fixed point (Jiang et al. 2017, arXiv 1706.07880; ALGORITHMS.md §3.2): with exact gradients and a constant
+"""CDSGD's fixed point (Jiang et al. 2017, arXiv 1706.07880; docs/algorithms.md#cdsgd): with exact gradients and a
+constant
 step α, ``X ← Π X − α ∇F(X)`` converges to the X* with ``(I − Π) X* = −α ∇F(X*)``; the ATC order
 ``X ← Π (X − α ∇F(X))`` converges elsewhere (``(I − Π) X* = −α Π ∇F(X*)``), so the check tells the orders apart."""
 

@@ -1,4 +1,5 @@
-"""Dynamic model averaging (Kamp et al. 2018, arXiv 1807.03210; ALGORITHMS.md §3.3): exact counting on hand-built
+"""Dynamic model averaging (Kamp et al. 2018, arXiv 1807.03210; docs/algorithms.md#dynamic_averaging): exact counting on
+hand-built
 cases, Δ = 0 equals periodic averaging, the Ξ² ≤ Δ invariant, a float64 numpy reference, determinism."""
 
 import jax

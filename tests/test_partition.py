@@ -1,4 +1,4 @@
-"""Tests for simdl.data.partition: IID, Dirichlet-α (ALGORITHMS.md §5) and shard partitions."""
+"""Tests for simdl.data.partition: IID, Dirichlet-α (docs/algorithms.md#dirichlet-partition) and shard partitions."""
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ def _check_valid(idx: np.ndarray, n: int, num_samples: int) -> None:
 
 
 def _reference_dirichlet(labels, n, alpha, seed):
-    """Literal list-based transcription of ALGORITHMS.md §5 with the same RNG call order."""
+    """Literal list-based transcription of docs/algorithms.md#dirichlet-partition with the same RNG call order."""
     rng = np.random.default_rng(seed)
     num_samples, num_classes = len(labels), int(labels.max()) + 1
     order = rng.permutation(num_samples)

@@ -47,7 +47,7 @@ def _run(alg, topo, x0, grads):
 
 
 def _ref_qgm(W_at, lr_at, x, grads, beta, mu, nesterov, wd):
-    """float64 numpy reference of ALGORITHMS.md §3.5 on flattened (n, d) arrays."""
+    """float64 numpy reference of docs/algorithms.md#qg_dsgdm on flattened (n, d) arrays."""
     mh = np.zeros_like(x)
     xs = []
     for t, g in enumerate(grads):

@@ -1,4 +1,5 @@
-"""RelaySum mechanism, RelaySGD and RelaySum/Grad (Vogels et al. 2021, arXiv 2110.04175; ALGORITHMS.md §3.4)."""
+"""RelaySum mechanism, RelaySGD and RelaySum/Grad (Vogels et al. 2021, arXiv 2110.04175;
+docs/algorithms.md#relaysum-relaysgd-relaysum_grad)."""
 
 from __future__ import annotations
 

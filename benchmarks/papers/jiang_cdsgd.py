@@ -1,4 +1,4 @@
-"""Paper check: CDSGD (Jiang et al. 2017, arXiv 1706.07880; ALGORITHMS.md §3.2) on least-squares problems.
+"""Paper check: CDSGD (Jiang et al. 2017, arXiv 1706.07880; docs/algorithms.md#cdsgd) on least-squares problems.
 
 Three claims, with exact (noise-free) gradients on the paper's 5-agent ring (0.34 self, 0.33 per neighbour):
 

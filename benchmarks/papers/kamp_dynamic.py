@@ -1,4 +1,5 @@
-"""Paper check: dynamic vs periodic model averaging (Kamp et al. 2018, arXiv 1807.03210; ALGORITHMS.md §3.3).
+"""Paper check: dynamic vs periodic model averaging (Kamp et al. 2018, arXiv 1807.03210;
+docs/algorithms.md#dynamic_averaging).
 
 m = 10 learners train an MLP on the embedded digits data. Periodic averaging every b rounds is run as
 ``dynamic_averaging(delta=0, check_every=b)`` (identical to ``local_sgd(local_steps=b)``, with the same

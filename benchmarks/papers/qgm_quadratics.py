@@ -1,6 +1,7 @@
 """Paper check: Quasi-Global Momentum on heterogeneous quadratics (Lin et al. 2021, arXiv 2102.04761; §3.5).
 
-Random quadratics (ALGORITHMS.md §6: d = 10, μ = 0.5, L = 1, r0 = 10, start x = 0) on the MH 16-ring, with
+Random quadratics (docs/algorithms.md#random-quadratics: d = 10, μ = 0.5, L = 1, r0 = 10, start x = 0) on the MH
+16-ring, with
 heterogeneity ζ² ∈ {0, 1, 10} and optional Gaussian gradient noise σ. Methods, all at the same learning rate η:
 
 * D-SGD (no momentum) at η and at η/(1 − β) = 10η, DSGDm-N (local Nesterov buffer, β = 0.9), QG-DSGDm-N (the

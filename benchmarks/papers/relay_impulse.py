@@ -1,4 +1,4 @@
-"""Paper check: RelaySGD's effective learning rate (Vogels et al. 2021, arXiv 2110.04175; ALGORITHMS.md §3.4).
+"""Paper check: RelaySGD's effective learning rate (Vogels et al. 2021, arXiv 2110.04175; docs/algorithms.md#relaysgd).
 
 RelaySGD fills the mass of workers whose models have not arrived yet with the initial model x⁰, so part of every
 update is lost: a unit update ends up in the converged average only with weight a < 1, and the effective step size

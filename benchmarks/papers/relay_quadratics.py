@@ -1,4 +1,5 @@
-"""Paper check: RelaySGD on random quadratics (Vogels et al. 2021, arXiv 2110.04175, Figure 2; ALGORITHMS.md §3.4, §6).
+"""Paper check: RelaySGD on random quadratics (Vogels et al. 2021, arXiv 2110.04175, Figure 2;
+docs/algorithms.md#relaysgd, #random-quadratics).
 
 Noiseless random quadratics (d = 10, μ = 0.5, L = 1, r0 = 100, start x = 0): steps until ``f(x̄) − f* ≤ 1e-6``
 as a function of the number of workers n ∈ {6, 12, 24, 48, 96}, for ζ² ∈ {0.01, 1}:

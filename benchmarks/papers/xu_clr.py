@@ -1,5 +1,6 @@
-"""Paper check: model averaging with a cyclical learning rate and more local epochs (Xu et al. 2018,
-arXiv 1810.06877; ALGORITHMS.md §3.1).
+"""Paper check: model averaging with a cyclical learning rate and more local epochs (Xu, Mi, Feng et al.
+2018, "Collaborative Deep Learning Across Multiple Data Centers", arXiv 1810.06877;
+docs/algorithms.md#model_averaging_clr).
 
 K workers ("data centers") each hold a shard of the embedded digits data and train an MLP. Every round each worker
 trains E local epochs from the global model, then the models are averaged (weighted by shard size). Compared, at

@@ -95,7 +95,8 @@ def local_sgd(learning_rate, local_steps: int = 4, momentum: float = 0.0, nester
 def model_averaging_clr(learning_rate: float = 0.1, min_learning_rate: float = 0.001, local_epochs: int = 1,
                         steps_per_epoch: int = 1, cycle: str = "sawtooth", momentum: float = 0.0,
                         nesterov: bool = False, weight_decay: float = 0.0) -> Algorithm:
-    """Model averaging with a cyclical learning rate and more local epochs (Xu et al. 2018, arXiv 1810.06877).
+    """Model averaging with a cyclical learning rate and more local epochs (Xu, Mi, Feng et al. 2018, "Collaborative
+    Deep Learning Across Multiple Data Centers", arXiv 1810.06877; docs/algorithms.md#model_averaging_clr).
 
     Each round every worker trains ``local_epochs`` (E) epochs of its own shard, then the models are averaged,
     weighted by shard size. The learning rate runs one cycle per round (``c = E · steps_per_epoch`` steps) and

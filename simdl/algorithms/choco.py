@@ -1,12 +1,13 @@
 """CHOCO-SGD: decentralized SGD with compressed communication (Koloskova et al. 2019, arXiv 1902.00340;
-ALGORITHMS.md §4).
+docs/algorithms.md#choco_sgd).
 
 Every worker keeps its model x_i and a public copy x̂_i that all its neighbours also hold (x̂ = 0 at start); only
 compressed differences ``q = Q(· − x̂)`` travel. Two orders are offered:
 
-* ``order="gossip_first"`` (default; ALGORITHMS.md §4 and the authors' deep-learning code, ``ParallelCHOCO`` in
-  epfml/ChocoSGD): ``x^½ = x − η D``; ``x ← x^½ + γ Σ_j W_ij (x̂_j − x̂_i)``; ``q = Q(x − x̂)``; ``x̂ ← x̂ + q``.
-  With Q = identity and γ = 1 this is D-PSGD / CTA gossip, ``X ← W X − η D`` (``dsgd(..., order="cta")``).
+* ``order="gossip_first"`` (default; docs/algorithms.md#choco_sgd and the authors' deep-learning code,
+  ``ParallelCHOCO`` in epfml/ChocoSGD): ``x^½ = x − η D``; ``x ← x^½ + γ Σ_j W_ij (x̂_j − x̂_i)``; ``q = Q(x − x̂)``;
+  ``x̂ ← x̂ + q``. With Q = identity and γ = 1 this is D-PSGD / CTA gossip, ``X ← W X − η D``
+  (``dsgd(..., order="cta")``).
 * ``order="compress_first"`` (Algorithm 1 of arXiv 1902.00340): ``x^½ = x − η D``; ``q = Q(x^½ − x̂)``;
   ``x̂ ← x̂ + q``; ``x ← x^½ + γ Σ_j W_ij (x̂_j − x̂_i)`` with the updated copies. With Q = identity and γ = 1 this is
   D-SGD / ATC gossip, ``X ← W (X − η D)`` (``dsgd``).
@@ -65,7 +66,8 @@ def choco_sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weig
       compressor: a :class:`simdl.compression.Compressor`, or a name in :data:`simdl.compression.COMPRESSORS`.
       compression: with a name: the kept fraction for ``top_k``/``random_k`` (default 0.1 = 10%), the number of
         levels s for ``qsgd`` (contractive, rescaled version); ignored for ``sign``/``identity``.
-      order: ``"gossip_first"`` (default, ALGORITHMS.md §4) or ``"compress_first"`` (the paper's Algorithm 1).
+      order: ``"gossip_first"`` (default, docs/algorithms.md#choco_sgd) or ``"compress_first"`` (the paper's
+        Algorithm 1).
 
     Returns:
       :class:`Algorithm` with state :class:`ChocoState`; needs a static topology.

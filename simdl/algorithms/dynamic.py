@@ -1,4 +1,4 @@
-"""Dynamic model averaging (Kamp et al. 2018, arXiv 1807.03210; ALGORITHMS.md §3.3).
+"""Dynamic model averaging (Kamp et al. 2018, arXiv 1807.03210; docs/algorithms.md#dynamic_averaging).
 
 m learners and a coordinator share a reference model r (initially the common start model x⁰). Every round each
 learner takes one local step; every ``b`` rounds each learner checks its local condition ``‖x_i − r‖² ≤ Δ``

@@ -83,7 +83,7 @@ def gossip_sgd(
 def dsgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
          optimizer: optax.GradientTransformation | None = None, order: str = "atc",
          weight_decay_mask=None) -> Algorithm:
-    """D-SGD, adapt-then-combine by default: ``X ← W (X − η D)`` (ALGORITHMS.md §4).
+    """D-SGD, adapt-then-combine by default: ``X ← W (X − η D)`` (docs/algorithms.md#dsgd).
 
     Args:
       learning_rate: float or optax schedule (step -> η).

@@ -19,7 +19,7 @@ def local_optimizer(
     """The per-worker optimizer: weight decay added to the gradient, then SGD with PyTorch-convention momentum.
 
     ``buf ← β buf + g`` (buf starts at 0); heavy-ball ``D = buf``; Nesterov ``D = g + β buf``; ``x ← x − η_t D``
-    (ALGORITHMS.md §1). This is ``optax.sgd`` after ``optax.add_decayed_weights``.
+    (docs/algorithms.md#local-momentum). This is ``optax.sgd`` after ``optax.add_decayed_weights``.
 
     Args:
       learning_rate: float or optax schedule of the step index.

@@ -1,4 +1,4 @@
-"""Quasi-Global Momentum (Lin et al. 2021, arXiv 2102.04761): QG-DSGDm(-N) and QG-Adam (ALGORITHMS.md §3.5).
+"""Quasi-Global Momentum (Lin et al. 2021, arXiv 2102.04761): QG-DSGDm(-N) and QG-Adam (docs/algorithms.md#qg_dsgdm).
 
 Each worker keeps a quasi-global buffer m̂_i (zeros) instead of a purely local momentum buffer. Per step (ATC):
 

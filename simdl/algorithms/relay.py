@@ -1,4 +1,5 @@
-"""RelaySGD and RelaySum/Grad (Vogels et al. 2021, arXiv 2110.04175; ALGORITHMS.md §3.4).
+"""RelaySGD and RelaySum/Grad (Vogels et al. 2021, arXiv 2110.04175;
+docs/algorithms.md#relaysum-relaysgd-relaysum_grad).
 
 Both run on the spanning tree(s) of the topology (``Topology.trees``) with the RelaySum mechanism of
 :mod:`simdl.mixing.relay`: every step each worker sends one message (and, for RelaySGD, an int32 count) per tree
@@ -154,7 +155,7 @@ def _local_parts(name: str, learning_rate, momentum, nesterov, weight_decay, opt
 def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None = None, weight_decay: float = 0.0,
              optimizer: optax.GradientTransformation | None = None, fill: str = "initial", drop_prob: float = 0.0,
              relay_method: str = "auto", weight_decay_mask=None) -> Algorithm:
-    """RelaySGD (Vogels et al. 2021, arXiv 2110.04175, Algorithm 1; ALGORITHMS.md §3.4).
+    """RelaySGD (Vogels et al. 2021, arXiv 2110.04175, Algorithm 1; docs/algorithms.md#relaysgd).
 
     Per step: ``x^½ = x − η D`` (local optimizer), RelaySum of ``v = x^½`` over the tree(s) giving ``S_i`` and
     ``C_i``, then ``x_i ← (S_i + (n − C_i) · x⁰)/n`` (``fill="initial"``), ``(S_i + (n − C_i) · x^½_i)/n``
@@ -217,7 +218,7 @@ def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None
 def relaysum_grad(learning_rate, momentum: float | None = None, nesterov: bool | None = None,
                   weight_decay: float = 0.0, optimizer: optax.GradientTransformation | None = None,
                   drop_prob: float = 0.0, relay_method: str = "auto", weight_decay_mask=None) -> Algorithm:
-    """RelaySum/Grad (Vogels et al. 2021, arXiv 2110.04175; ALGORITHMS.md §3.4): relay the local updates.
+    """RelaySum/Grad (Vogels et al. 2021, arXiv 2110.04175; docs/algorithms.md#relaysum_grad): relay the local updates.
 
     Per step: ``u_i = −η D_i`` (local optimizer), RelaySum of ``v = u`` over the tree(s), then
     ``x_i ← x_i + (u_i + Σ_j m_{j→i}) / n``. Without drops every update reaches every worker exactly once, after

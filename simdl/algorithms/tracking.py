@@ -1,4 +1,5 @@
-"""Gradient tracking in update-tracking form (ALGORITHMS.md §4; Nedić et al. 2017 arXiv 1607.03218, as used as a
+"""Gradient tracking in update-tracking form (docs/algorithms.md#gradient_tracking; Nedić et al. 2017 arXiv 1607.03218,
+as used as a
 baseline by Vogels et al. 2021 arXiv 2110.04175 and Lin et al. 2021 arXiv 2102.04761).
 
 With U_t the local update (``−η g`` for plain SGD):

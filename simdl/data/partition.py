@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 WORKERS_PER_CHUNK = 10
-"""Workers per Dirichlet chunk in the reference procedure (ALGORITHMS.md §5)."""
+"""Workers per Dirichlet chunk in the reference procedure (docs/algorithms.md#dirichlet-partition)."""
 
 DEFAULT_MAX_ATTEMPTS = 100_000
 """Rejection-loop cap per chunk in :func:`dirichlet`."""
@@ -85,7 +85,7 @@ def _chunk_cuts(
     rng: np.random.Generator,
     max_attempts: int,
 ) -> list[np.ndarray]:
-    """Run the rejection loop of ALGORITHMS.md §5 step 3 on one chunk.
+    """Run the rejection loop of docs/algorithms.md#dirichlet-partition, step 3 on one chunk.
 
     Returns, for each class, the w - 1 cut points (int64, non-decreasing) that split that class's members
     (in chunk order) among the chunk's w workers.
@@ -130,7 +130,8 @@ def dirichlet(
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> np.ndarray:
-    """Dirichlet-α label-skew split, the procedure of the RelaySGD / QGM reference code (ALGORITHMS.md §5).
+    """Dirichlet-α label-skew split, the procedure of the RelaySGD / QGM reference code
+    (docs/algorithms.md#dirichlet-partition).
 
     1. Shuffle the (index, label) pairs with the seeded generator.
     2. Cut them into K = ceil(n / 10) consecutive chunks of 10 workers each (the last chunk takes the

@@ -17,7 +17,7 @@ def dense_mix(weights: jax.Array, tree):
       A pytree of the same structure, shapes and dtypes.
 
     The contraction runs at ``Precision.HIGHEST`` so that GPUs do not fall back to TF32, which would corrupt
-    consensus-distance measurements (DESIGN.md, performance principles).
+    consensus-distance measurements (docs/algorithms.md#consensus-distance).
     """
 
     def one(x):

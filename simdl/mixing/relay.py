@@ -1,4 +1,4 @@
-"""RelaySum on spanning trees (Vogels et al. 2021, arXiv 2110.04175; ALGORITHMS.md §3.4).
+"""RelaySum on spanning trees (Vogels et al. 2021, arXiv 2110.04175; docs/algorithms.md#relaysum-mechanism).
 
 Every directed tree edge ``e = (i → j)`` carries a message ``m_e`` (same trailing shape as a worker's value) and an
 integer count ``c_e``, both 0 at the start. At step t, with local values ``v_i^t``::

@@ -93,7 +93,8 @@ def classification(
         ``simdl[tfds]``), see :func:`simdl.data.load_dataset`.
       model: a name from :data:`simdl.models.MODELS` (``mlp``, ``cnn``, ``lenet5``, ``resnet20``, ``vgg11``, ...).
       n_workers: number of workers n ≥ 1.
-      partition: ``"iid"``, ``"dirichlet"`` (ALGORITHMS.md §5, concentration ``alpha``), ``"shards"``
+      partition: ``"iid"``, ``"dirichlet"`` (docs/algorithms.md#dirichlet-partition, concentration ``alpha``),
+        ``"shards"``
         (``classes_per_worker`` classes per worker), or ``"natural"`` with ``dataset="synthetic"``: the FedProx
         Synthetic(α, β) data (arXiv 1812.06127), each worker with its own generating model (``dataset_kwargs``:
         ``alpha``, ``beta``, ``samples_per_worker``, ...; use ``model="logreg"``).

@@ -1,4 +1,5 @@
-"""Distributed mean estimation (ALGORITHMS.md §6; the exact RelaySum test of Vogels et al. 2021, arXiv 2110.04175).
+"""Distributed mean estimation (docs/algorithms.md#distributed-mean-estimation; the exact RelaySum test of Vogels et al.
+2021, arXiv 2110.04175).
 
 Worker i observes noisy samples ``ξ = μ_i + σ ε`` (ε ~ N(0, I_d)) of its own mean μ_i; the goal is the global mean
 ``μ̄ = (1/n) Σ_i μ_i``. Worker i's minibatch loss is ``½ (1/B) Σ_b ‖x − ξ_b‖²``, so its gradient is

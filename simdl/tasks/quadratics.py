@@ -96,7 +96,8 @@ def quadratics(A, b, noise: float = 0.0, x0=None, name: str = "quadratics", info
 
 def random_quadratics(n_workers: int = 16, dim: int = 10, mu: float = 0.5, L: float = 1.0, zeta2: float = 1.0,
                       r0: float = 100.0, noise: float = 0.0, seed: int = 0) -> Task:
-    """The random quadratics of the RelaySGD paper (Vogels et al. 2021, arXiv 2110.04175; ALGORITHMS.md §6).
+    """The random quadratics of the RelaySGD paper (Vogels et al. 2021, arXiv 2110.04175;
+    docs/algorithms.md#random-quadratics).
 
     ``A_i = U_i diag(linspace(μ, L, d)) V_iᵀ`` from the SVD of a standard Gaussian d×d matrix; ``b_i = A_i (s u_i)``
     with Gaussian directions u_i, re-centred so that the global optimum is 0, with the scale s chosen so that

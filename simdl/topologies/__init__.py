@@ -76,7 +76,7 @@ def lazy(topology: Topology, self_weight: float) -> Topology:
     """The lazy version ``W' = a I + (1 − a) W`` (``a = self_weight``) of a topology, for every matrix of its schedule.
 
     Shifts every eigenvalue λ to ``a + (1 − a) λ``: e.g. ``a = 0.1`` on an even Metropolis–Hastings ring lifts
-    ``λ_min = −1/3`` above −1/3, which D² needs (ALGORITHMS.md §4).
+    ``λ_min = −1/3`` above −1/3, which D² needs (docs/algorithms.md#d2).
 
     Raises:
         ValueError: ``self_weight`` outside [0, 1).
