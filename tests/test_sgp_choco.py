@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -163,6 +164,149 @@ def test_sgp_converges_on_quadratics_one_peer_exponential():
     assert res.final["consensus_distance"] < 1e-2
     decayed = simdl.simulate(task, sgp(optax.cosine_decay_schedule(0.01, 1500)), topo, steps=1500, eval_every=1500)
     assert decayed.final["suboptimality"] < 0.1 * res.final["suboptimality"]  # the O(η) bias vanishes as η → 0
+
+
+def _ref_sgp_rounds(P_at, lr, beta, nesterov, x0, grads, rounds, step_on="numerator"):
+    """float64 transcription of SGP with R push-sum rounds: round r of step t mixes (x, w) with P_at(t·R + r).
+
+    Local optimizer: PyTorch-convention momentum (buf ← β buf + g; Nesterov D = g + β buf, heavy ball D = buf), plain
+    SGD for β = 0; gradients fed as given (taken at z)."""
+    x, w, buf = x0.copy(), np.ones(x0.shape[0]), np.zeros_like(x0)
+    out = []
+    for t, g in enumerate(grads):
+        z = x / w[:, None]
+        buf = beta * buf + g
+        upd = -lr * ((g + beta * buf) if nesterov else buf)
+        x = x + upd if step_on == "numerator" else w[:, None] * (z + upd)
+        mats = []
+        for r in range(rounds):
+            P = P_at(t * rounds + r)
+            x, w = P @ x, P @ w
+            mats.append(P)
+        out.append((x / w[:, None], w.copy(), mats))
+    return out
+
+
+def _bytes_of(mats, model_bytes):
+    return sum(((P != 0).sum(axis=0) - 1) for P in mats) * (model_bytes + 4)
+
+
+def test_sgp_two_rounds_one_peer_exponential_matches_reference():
+    """Time-varying graph: round r of step t uses weights_at(2t + r), so each step talks to two different peers."""
+    topo = simdl.topologies.one_peer_exponential(N)
+    x0, grads = _data(20)
+    alg = sgp(0.1, rounds=2)
+    ref = _ref_sgp_rounds(topo.weights_at, 0.1, 0.9, True, x0, grads, 2)
+    for (state, aux), (z, w, mats) in zip(_run(alg, topo, x0, grads), ref, strict=True):
+        np.testing.assert_allclose(np.asarray(alg.params(state)["x"]), z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.weight), w, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(aux["bytes_sent"]), 2 * (D * 4 + 4))  # one peer per round
+        np.testing.assert_allclose(np.asarray(aux["bytes_sent"]), _bytes_of(mats, D * 4))
+    # not the same as mixing twice with the step's own graph
+    other = _ref_sgp_rounds(lambda k: topo.weights_at(k // 2), 0.1, 0.9, True, x0, grads, 2)
+    assert np.abs(other[-1][0] - ref[-1][0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("step_on", ["numerator", "debiased"])
+def test_sgp_two_rounds_directed_graph_matches_push_sum_reference(step_on):
+    topo = _directed_graph_topology()
+    P = out_degree_push_matrix(topo.weights)
+    x0, grads = _data(21)
+    alg = sgp(0.05, push_weights="out_degree", step_on=step_on, rounds=2)
+    ref = _ref_sgp_rounds(lambda k: P, 0.05, 0.9, True, x0, grads, 2, step_on)
+    for (state, aux), (z, w, mats) in zip(_run(alg, topo, x0, grads), ref, strict=True):
+        np.testing.assert_allclose(np.asarray(alg.query(state)["x"]), z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.weight), w, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(aux["bytes_sent"]), _bytes_of(mats, D * 4))
+    assert np.abs(ref[-1][1] - 1).max() > 0.05  # the weights really moved away from 1
+
+
+def test_sgp_rounds_on_a_static_topology_mix_with_w_each_round():
+    topo = simdl.topologies.ring(N)  # doubly stochastic, mixed through ctx.mix
+    x0, grads = _data(22)
+    alg = sgp(0.1, rounds=3)
+    ref = _ref_sgp_rounds(lambda k: topo.weights, 0.1, 0.9, True, x0, grads, 3)
+    for (state, aux), (z, _, _) in zip(_run(alg, topo, x0, grads), ref, strict=True):
+        np.testing.assert_allclose(np.asarray(alg.params(state)["x"]), z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(aux["bytes_sent"]), 3 * 2 * (D * 4 + 4))
+
+
+def test_sgp_rounds_with_a_custom_sequence_cycle_per_round():
+    """Period 2, 3 rounds: step t uses P_{(3t + r) mod 2}, i.e. P0 P1 P0 then P1 P0 P1."""
+    topo = _directed_graph_topology()
+    P0 = out_degree_push_matrix(topo.weights)
+    P1 = np.eye(N)
+    x0, grads = _data(23, steps=4)
+    alg = sgp(0.1, momentum=0.5, nesterov=False, push_weights=[P0, P1], rounds=3)
+    ref = _ref_sgp_rounds(lambda k: (P0, P1)[k % 2], 0.1, 0.5, False, x0, grads, 3)
+    for t, ((state, aux), (z, w, mats)) in enumerate(zip(_run(alg, topo, x0, grads), ref, strict=True)):
+        np.testing.assert_allclose(np.asarray(alg.params(state)["x"]), z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.weight), w, rtol=1e-6)
+        n_p0 = 2 if t % 2 == 0 else 1
+        assert sum(m is P0 for m in mats) == n_p0
+        np.testing.assert_allclose(np.asarray(aux["bytes_sent"]), n_p0 * ((P0 != 0).sum(axis=0) - 1) * (D * 4 + 4))
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_sgp_momentum_zero_is_plain_sgd(rounds):
+    """sgp(lr, momentum=0) works although nesterov defaults to True: Nesterov with β = 0 is plain SGD."""
+    alg = sgp(0.1, momentum=0.0, rounds=rounds)
+    assert alg.hyperparams["nesterov"] is False and alg.hyperparams["momentum"] == 0.0
+    assert alg.hyperparams["rounds"] == rounds
+    topo = _directed_graph_topology()
+    P = out_degree_push_matrix(topo.weights)
+    x0, grads = _data(24)
+    alg = sgp(0.1, momentum=0.0, push_weights="out_degree", rounds=rounds)
+    ref = _ref_sgp_rounds(lambda k: P, 0.1, 0.0, False, x0, grads, rounds)
+    got = _run(alg, topo, x0, grads)
+    for (state, _), (z, w, _) in zip(got, ref, strict=True):
+        np.testing.assert_allclose(np.asarray(alg.params(state)["x"]), z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.weight), w, rtol=1e-6)
+    # the same as the explicit nesterov=False, and the state holds no momentum buffer
+    explicit = _run(sgp(0.1, momentum=0.0, nesterov=False, push_weights="out_degree", rounds=rounds), topo, x0,
+                    grads)
+    np.testing.assert_array_equal(np.asarray(got[-1][0].params["x"]), np.asarray(explicit[-1][0].params["x"]))
+    assert all(leaf.shape != (N, D) for leaf in jax.tree_util.tree_leaves(got[-1][0].opt_state))  # no buffer
+    sgp(1e-3, momentum=0.0, optimizer=optax.adam(1e-3))  # an optax optimizer no longer needs nesterov=False
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("rounds", [1, 2, 5])
+def test_push_sum_rounds_preserve_mass_and_the_debiased_mean(seed, rounds):
+    """Column-stochastic P: Σ_i w_i = n and Σ_i x_i are invariant under any number of rounds (zero gradients), so
+    the w-weighted mean of the de-biased z stays the initial average."""
+    rng = np.random.default_rng(seed)
+    topo = simdl.topologies.complete(N)
+    mats = []
+    for _ in range(3):
+        m = rng.random((N, N)) * (rng.random((N, N)) < 0.6) + np.eye(N) * 0.1
+        mats.append(m / m.sum(axis=0, keepdims=True))
+    x0, _ = _data(30 + seed)
+    alg = sgp(0.1, momentum=0.0, push_weights=mats, rounds=rounds)
+    state = alg.init({"x": jnp.asarray(x0, jnp.float32)}, _ctx(topo, 0))
+    for t in range(4):
+        state, _ = alg.step(state, {"x": jnp.zeros((N, D))}, _ctx(topo, t))
+        w = np.asarray(state.weight, np.float64)
+        z = np.asarray(alg.params(state)["x"], np.float64)
+        np.testing.assert_allclose(w.sum(), N, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.params["x"]).sum(axis=0), x0.sum(axis=0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose((w[:, None] * z).sum(axis=0) / w.sum(), x0.mean(axis=0), rtol=1e-5, atol=1e-5)
+    assert np.abs(w - 1).max() > 1e-3  # non-doubly-stochastic: the weights did move
+
+
+def test_sgp_more_rounds_reach_consensus_faster_and_cost_proportionally():
+    task = simdl.tasks.random_quadratics(n_workers=8, dim=10, zeta2=1.0, r0=10.0, seed=2)
+    topo = simdl.topologies.one_peer_exponential(8)
+    one = simdl.simulate(task, sgp(0.01), topo, steps=200, eval_every=200)
+    three = simdl.simulate(task, sgp(0.01, rounds=3), topo, steps=200, eval_every=200)  # 3 rounds: exact average
+    assert three.final["consensus_distance"] < 1e-6 < one.final["consensus_distance"]
+    np.testing.assert_allclose(three.final["bytes_per_worker"], 3 * one.final["bytes_per_worker"])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, 2.0, True, "2", None])
+def test_sgp_rejects_bad_rounds(bad):
+    with pytest.raises(ValueError, match=r"^rounds .*int >= 1, got " + re.escape(repr(bad)) + "$"):
+        sgp(0.1, rounds=bad)
 
 
 # ----------------------------------------------------------------------------------------------------- CHOCO

@@ -1,11 +1,16 @@
 """Stochastic Gradient Push (Assran et al. 2019, arXiv 1811.10792): push-sum gossip over directed, possibly
-time-varying graphs (ALGORITHMS.md §4).
+time-varying graphs (see docs/algorithms.md).
 
 Each worker keeps a push-sum numerator x_i and weight w_i (1 at start) and evaluates gradients at the de-biased
 ``z_i = x_i / w_i``. Per step t with a column-stochastic push matrix P_t (``P[i, j]`` = share of j's mass sent to i,
 so the row is the receiver as in simdl's ``(W X)_i = Σ_j W_ij x_j``; columns sum to 1):
 
 ``x^½ = x − η D(z)`` (Algorithm 1), ``x ← P_t x^½``, ``w ← P_t w``, ``z = x / w``.
+
+With ``rounds = R > 1`` the push-sum mixing is repeated R times per step, round r of step t with the push matrix of
+graph index ``t·R + r`` (``x ← P_{tR+R−1} ⋯ P_{tR} x^½``, the same for w): a time-varying graph advances one graph per
+round, as if every round were a step of its own, so consecutive rounds talk to different peers (on the one-peer
+exponential graph with n = 2^τ, R = τ rounds average exactly). R = 1 (the SGP paper) is P_t.
 
 On the one-peer exponential graph P_t is doubly stochastic, w stays 1 and SGP is ½/½ averaging after the local step.
 """
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simdl.algorithms.base import Algorithm, as_schedule, model_bytes
+from simdl.algorithms.base import Algorithm, as_schedule, check_momentum, model_bytes
 from simdl.algorithms.gossip import _hyper
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 from simdl.mixing import sparse_mix
@@ -145,23 +150,54 @@ def _slot_tables(mats: tuple[np.ndarray, ...]):
     return index, weight
 
 
-def _pusher(topology, push_weights):
-    """``(mix(tree, ctx), out_degrees (period, n))`` for the push matrices."""
+def check_rounds(rounds) -> int:
+    """Return ``rounds`` if it is an int ≥ 1 (bools refused), else raise a one-line ValueError naming it."""
+    if isinstance(rounds, (bool, np.bool_)) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"rounds (push-sum rounds per step) must be an int >= 1, got {rounds!r}")
+    return int(rounds)
+
+
+def _pusher(topology, push_weights, rounds: int = 1):
+    """``(push(tree, ctx), out_degrees(ctx))`` for ``rounds`` push-sum rounds per step.
+
+    ``push`` applies round r = 0..rounds−1 of step t with the push matrix of graph index ``t·rounds + r`` (modulo
+    the period); ``out_degrees`` is the float32 ``(n,)`` number of messages each worker sends over those rounds.
+    ``ctx.mix`` is used where it gives the right matrix (``"topology"`` with one round, or a static topology); else
+    neighbour-slot tables built from the validated matrices.
+    """
     mats = push_matrices(topology, push_weights)
     off = [(m != 0) & ~np.eye(m.shape[0], dtype=bool) for m in mats]
     degs = np.stack([o.sum(axis=0) for o in off]).astype(np.float32)
-    if isinstance(push_weights, str) and push_weights == "topology":
-        return (lambda tree, ctx: ctx.mix(tree)), degs
-    index, weight = _slot_tables(mats)
     period = len(mats)
+    use_ctx = isinstance(push_weights, str) and push_weights == "topology" and (rounds == 1 or period == 1)
+    if not use_ctx:
+        index, weight = _slot_tables(mats)
 
-    def mix(tree, ctx):
+    def graph(ctx, r):
+        return (ctx.step * rounds + r) % period if rounds > 1 else ctx.step % period
+
+    def one_round(tree, ctx, r):
+        if use_ctx:
+            return ctx.mix(tree)
         if period == 1:
             return sparse_mix(jnp.asarray(index[0]), jnp.asarray(weight[0]), tree)
-        t = ctx.step % period
-        return sparse_mix(jnp.asarray(index)[t], jnp.asarray(weight)[t], tree)
+        g = graph(ctx, r)
+        return sparse_mix(jnp.asarray(index)[g], jnp.asarray(weight)[g], tree)
 
-    return mix, degs
+    def push(tree, ctx):
+        for r in range(rounds):
+            tree = one_round(tree, ctx, r)
+        return tree
+
+    def out_degrees(ctx):
+        if period == 1:
+            return jnp.asarray(degs[0] * rounds)
+        total = jnp.asarray(degs)[graph(ctx, 0)]
+        for r in range(1, rounds):
+            total = total + jnp.asarray(degs)[graph(ctx, r)]
+        return total
+
+    return push, out_degrees
 
 
 def _debias(x, w):
@@ -174,37 +210,46 @@ def _scale(x, w):
 
 def sgp(learning_rate, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0,
         push_weights="topology", step_on: str = "numerator",
-        optimizer: optax.GradientTransformation | None = None, weight_decay_mask=None) -> Algorithm:
+        optimizer: optax.GradientTransformation | None = None, weight_decay_mask=None, rounds: int = 1) -> Algorithm:
     """Stochastic Gradient Push (Assran et al. 2019, arXiv 1811.10792).
 
     Defaults follow the paper's experiments: Nesterov momentum 0.9 (local buffer, PyTorch convention, Algorithm 3 of
-    the paper's appendix); use it on ``simdl.topologies.one_peer_exponential(n)``.
+    the paper's appendix), one push-sum round per step; use it on ``simdl.topologies.one_peer_exponential(n)``.
+    (The RelaySGD authors, arXiv 2110.04175, ran their SGP baseline with ``rounds=2``.)
 
     Args:
       learning_rate: float or optax schedule.
       momentum, nesterov, weight_decay, optimizer, weight_decay_mask: the local optimizer, fed the gradient at z
-        (weight decay uses z).
+        (weight decay uses z). ``nesterov`` only applies with ``momentum > 0``: ``momentum=0`` is plain SGD (or
+        ``optimizer``) whatever ``nesterov`` says (recorded as ``nesterov=False``).
       push_weights: ``"topology"`` (default: the topology's ``weights_at(t)``, which must then be column-stochastic,
         e.g. any doubly stochastic W), ``"out_degree"`` (uniform split over self + out-neighbours of the topology's
         support, for general directed graphs), or custom column-stochastic (n, n) matrices (one, or a sequence used
         periodically) on the topology's edges.
       step_on: ``"numerator"`` (paper Algorithm 1: ``x^½ = x − η D``) or ``"debiased"`` (the authors' code:
         ``x^½ = w (z − η D)``); identical while w = 1.
+      rounds: push-sum mixing rounds per step (int ≥ 1, default 1 as in the SGP paper). Each round mixes the pair
+        (numerator, weight) once; round r of step t uses the push matrix of graph index ``t·rounds + r`` (of the
+        topology's period for ``"topology"``/``"out_degree"``, of the sequence for custom matrices), so on a
+        time-varying graph every round talks to the next graph's peers.
 
     Returns:
-      :class:`Algorithm` with state :class:`SGPState`; ``query``/``params`` give z = x / w; each worker sends
-      ``model bytes + 4`` (its weight) per out-edge of P_t.
+      :class:`Algorithm` with state :class:`SGPState` (``params``: numerators, leaves ``(n, ...)``; ``weight``:
+      float32 ``(n,)``); ``query``/``params`` give z = x / w; each worker sends ``model bytes + 4`` (its weight) per
+      out-edge of the round's push matrix, summed over the ``rounds`` rounds (``bytes_sent``, float32 ``(n,)``).
 
     Raises:
-      ValueError: unknown ``step_on``/``push_weights`` name, invalid optimizer settings (factory); at ``init``:
-        push matrices that are not column-stochastic (the message suggests ``push_weights='out_degree'``) or with
-        entries off the topology's edges.
+      ValueError: unknown ``step_on``/``push_weights`` name, ``rounds`` not an int ≥ 1, invalid optimizer settings
+        (factory); at ``init``: push matrices that are not column-stochastic (the message suggests
+        ``push_weights='out_degree'``) or with entries off the topology's edges.
     """
     if step_on not in STEP_ON:
         raise ValueError(f"step_on must be one of {STEP_ON}, got {step_on!r}")
     if isinstance(push_weights, str) and push_weights not in PUSH_WEIGHTS:
         raise ValueError(f"push_weights must be one of {PUSH_WEIGHTS} or an (n, n) array (or a sequence of them), "
                          f"got {push_weights!r}")
+    rounds = check_rounds(rounds)
+    nesterov = bool(nesterov) and check_momentum(momentum) > 0.0  # Nesterov with β = 0 is plain SGD
     opt = local_optimizer(learning_rate, momentum, nesterov, weight_decay, optimizer, weight_decay_mask)
     schedule = as_schedule(learning_rate)
 
@@ -214,16 +259,15 @@ def sgp(learning_rate, momentum: float = 0.9, nesterov: bool = True, weight_deca
         return SGPState(params, jnp.ones((n,), jnp.float32), vmapped_init(opt, params))
 
     def step(state, grads, ctx):
-        mix, degs = _pusher(ctx.topology, push_weights)  # static tables, built at trace time
+        push, out_degrees = _pusher(ctx.topology, push_weights, rounds)  # static tables, built at trace time
         z = _debias(state.params, state.weight)
         updates, opt_state = vmapped_update(opt, grads, state.opt_state, z)
         if step_on == "numerator":
             half = jax.tree_util.tree_map(jnp.add, state.params, updates)
         else:
             half = _scale(jax.tree_util.tree_map(jnp.add, z, updates), state.weight)
-        x, w = mix((half, state.weight), ctx)
-        deg = jnp.asarray(degs[0]) if degs.shape[0] == 1 else jnp.asarray(degs)[ctx.step % degs.shape[0]]
-        sent = deg * jnp.float32(model_bytes(state.params) + WEIGHT_BYTES)
+        x, w = push((half, state.weight), ctx)
+        sent = out_degrees(ctx) * jnp.float32(model_bytes(state.params) + WEIGHT_BYTES)
         return SGPState(x, w, opt_state), {"lr": schedule(ctx.step), "bytes_sent": sent}
 
     def debiased(state):
@@ -231,5 +275,5 @@ def sgp(learning_rate, momentum: float = 0.9, nesterov: bool = True, weight_deca
 
     hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                 push_weights=push_weights if isinstance(push_weights, str) else "custom", step_on=step_on,
-                optimizer=optimizer)
+                optimizer=optimizer, rounds=rounds)
     return Algorithm("sgp", init, step, debiased, debiased, hp)
