@@ -1,5 +1,5 @@
 """D² (Tang et al. 2018, arXiv 1803.07068) and Exact Diffusion (Yuan et al. 2017, arXiv 1702.05122); see
-docs/algorithms.md.
+docs/algorithms.md#d2 and docs/algorithms.md#exact_diffusion.
 
 Both remove the heterogeneity bias of D-SGD: with a constant step and exact gradients they converge to the exact
 optimum. With U_t the local update (``−η g`` for plain SGD; the local optax optimizer's update in general):

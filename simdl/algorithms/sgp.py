@@ -1,5 +1,5 @@
 """Stochastic Gradient Push (Assran et al. 2019, arXiv 1811.10792): push-sum gossip over directed, possibly
-time-varying graphs (see docs/algorithms.md).
+time-varying graphs (docs/algorithms.md#sgp).
 
 Each worker keeps a push-sum numerator x_i and weight w_i (1 at start) and evaluates gradients at the de-biased
 ``z_i = x_i / w_i``. Per step t with a column-stochastic push matrix P_t (``P[i, j]`` = share of j's mass sent to i,
