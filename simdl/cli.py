@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,7 +44,9 @@ examples:
   simdl run --set task.alpha=1.0 --set train.steps=500 --out runs/alpha1
   simdl run my.toml --set runs.0.learning_rate=0.05
   simdl run --set train.message_drop=0.2 --tensorboard runs/tb   # lossy gossip, curves in TensorBoard
-outputs: DIR/results.json (config, histories, final metrics, versions, device), DIR/summary.csv, DIR/*.png;
+outputs: DIR/results.json (config, histories, final metrics, versions, device), DIR/summary.csv, DIR/*.png,
+  DIR/runs/<id>.json (one per finished run: re-running the same command skips finished runs and keeps them;
+  delete DIR/runs to run them again); Ctrl-C or SIGTERM stops with finished runs saved (exit 130 / 143);
   with --tensorboard TB: TB/<run name>/events.out.tfevents.* (every history metric vs step; needs tensorboardX)
 """
 
@@ -118,6 +126,40 @@ def _sweep_args(p, default_out: str) -> None:
     _tensorboard_arg(p)
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler that :func:`main` installs: ``simdl run``/``sweep`` stop as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def check_out(path: str) -> Path:
+    """``--out`` as a Path, checked before anything runs: an existing writable folder, or one that can be created.
+
+    Raises:
+      ValueError: ``path`` is a file, lies inside a file, or is (or would be created in) a folder not writable.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out: {path} is a file, expected a writable directory")
+    base = p
+    while not base.exists():  # the nearest existing ancestor must allow creating the rest
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"--out: {path} lies inside the file {base}, expected a writable directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        what = "is not writable" if base == p else f"cannot be created ({base} is not writable)"
+        raise ValueError(f"--out: {path} {what}, expected a writable directory")
+    return p
+
+
+def _record_id(task_cfg: dict, train: dict, run: dict) -> str:
+    """Stable id of one run of ``simdl run`` (its task, resolved train settings and run table, name included)."""
+    core = {"task": task_cfg, "train": train, "run": run}
+    return hashlib.sha1(json.dumps(core, sort_keys=True, default=repr).encode()).hexdigest()[:12]
+
+
 def _build_run(run: dict, task, train: dict):
     import simdl
     from simdl.recipes import resolve_run_kwargs
@@ -190,6 +232,7 @@ def cmd_list() -> int:
 def cmd_run(args) -> int:
     from simdl.scale import apply_scale
 
+    check_out(args.out)
     cfg = load_config(args.config)
     for item in args.overrides:
         cfg = apply_override(cfg, item)
@@ -247,6 +290,14 @@ def cmd_run(args) -> int:
             print(f"{run['name']}: {format_estimate(est)}", flush=True)
 
     out = Path(args.out)
+    from simdl.sweep import RunStore
+
+    store = RunStore(out)  # DIR/runs/<id>.json per finished run: a re-run skips them and never loses them
+    ids = [_record_id(cfg.get("task", {}), train, run) for run, _, _ in built]
+    todo = [b for b, rid in zip(built, ids, strict=True) if not store.done(rid)]
+    if len(todo) < len(built):
+        print(f"{len(built) - len(todo)} of {len(built)} runs already finished in {out / 'runs'}, skipped "
+              f"(delete their files there to run them again)", flush=True)
     dev = jax.devices()[0]
     payload = {"simdl_version": simdl.__version__, "jax_version": jax.__version__,
                "device": {"platform": dev.platform, "kind": dev.device_kind, "count": jax.device_count()},
@@ -255,9 +306,12 @@ def cmd_run(args) -> int:
     if not args.quiet:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=train["steps"] * len(built), unit="step", desc="simdl", dynamic_ncols=True)
+        bar = tqdm(total=train["steps"] * len(todo), unit="step", desc="simdl", dynamic_ncols=True)
     try:
-        for run, topo, alg in built:
+        for (run, topo, alg), rid in zip(built, ids, strict=True):
+            if store.done(rid):
+                payload["runs"].append(store.load(rid))
+                continue
             if bar is not None:
                 bar.set_description(run["name"])
             last = [0]
@@ -285,13 +339,15 @@ def cmd_run(args) -> int:
             if res.diverged_at is not None:
                 msg = f"run {run['name']}: loss became NaN/Inf at step {res.diverged_at}; history kept up to there"
                 (bar.write if bar is not None else print)(msg)
-            payload["runs"].append({
-                "name": run["name"], "algorithm": alg.name, "topology": topo.name, "status": status,
+            record = {
+                "id": rid, "name": run["name"], "algorithm": alg.name, "topology": topo.name, "status": status,
                 "diverged_at": res.diverged_at, "config": run, "hyperparams": alg.hyperparams,
                 "topology_info": topo.describe(), "mixing": res.info["mixing"], "compiles": res.info["compiles"],
                 **run_strategy(res.info),
                 "wall_time_s": time.perf_counter() - t0, "compile_time_s": res.info["compile_time_s"],
-                "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final})
+                "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final}
+            store.save(rid, record)
+            payload["runs"].append(json.loads(store.path(rid).read_text()))
             write_outputs(out, payload)  # after every run: finished runs stay written
     finally:
         if bar is not None:
@@ -318,9 +374,10 @@ def cmd_sweep(args, cfg: dict | None = None) -> int:
     from simdl.sweep import Planned, RunStore, execute
     from simdl.sweep_report import best_learning_rates, headline_metric, plot_sweep, write_best_lr, write_csv
 
+    check_out(args.out)
     cfg = cfg if cfg is not None else _load_sweep(args)
     plan = Planned(cfg)  # builds and validates every run before anything compiles
-    out = Path(args.out)
+    out = check_out(args.out)
     store = RunStore(out)
     finished = sum(store.done(s["id"]) for s in plan.specs)
     pending_groups = [g for g in plan.groups if any(not store.done(s["id"]) for s in g)]
@@ -402,12 +459,47 @@ def cmd_tune(args) -> int:
     return cmd_sweep(args, cfg)
 
 
+def _interrupted(args, argv: list[str], signame: str) -> str:
+    """The one line printed when a command is stopped: what is saved and how to resume."""
+    if args.command not in ("run", "sweep", "tune"):
+        return f"simdl: stopped by {signame}"
+    runs = Path(args.out) / "runs"
+    n = len(list(runs.glob("*.json"))) if runs.is_dir() else 0
+    again = " ".join(shlex.quote(a) for a in ("simdl", *argv))
+    return (f"simdl: stopped by {signame}; {n} finished run{'' if n == 1 else 's'} saved in {runs}; "
+            f"to resume, run the same command again: {again}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    as_command = argv is None  # the process is the simdl command (not main([...]) called from Python)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _dispatch(args)
+    except (KeyboardInterrupt, Terminated) as e:
+        sigint = isinstance(e, KeyboardInterrupt)
+        print(_interrupted(args, argv, "Ctrl-C (SIGINT)" if sigint else "SIGTERM"), file=sys.stderr)
+        code = 130 if sigint else 143
+        if as_command:
+            # Every result is already written atomically. An interrupt inside an XLA compilation can leave the
+            # runtime in a state that crashes interpreter teardown, so the command exits without it.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args) -> int:
     try:
         if args.command == "list":
             return cmd_list()

@@ -50,14 +50,20 @@ def run_strategy(info: dict) -> dict:
     return out
 
 
+#: mode of every results file (mkstemp creates its temporary files 0600, readable by their owner only)
+RESULT_MODE = 0o644
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace`` (never half-written)."""
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace`` (never half-written);
+    the file gets mode :data:`RESULT_MODE` (0644)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, RESULT_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
