@@ -172,3 +172,20 @@ def test_interrupt_stops_cleanly_with_finished_runs_saved(tmp_path, command, sig
     line = err.strip().splitlines()[-1]
     assert f"{saved} finished run" in line and "run the same command again" in line and str(out) in line, err
     assert not (out / "sweep.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_out_that_cannot_be_written_is_rejected_even_as_root(tmp_path, capsys, monkeypatch, command):
+    """The same check where the OS says the folder is not writable (as for a 0500 folder of another user)."""
+    _no_simulate(monkeypatch)
+    cfg = _cfg(tmp_path, SWEEP_CFG if command == "sweep" else RUN_CFG)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(locked) else real(p, mode, **k))
+    assert main([command, str(cfg), "--out", str(locked), "--quiet", "--no-plots"]) == 2
+    assert err_line(capsys) == f"simdl: error: --out: {locked} is not writable, expected a writable directory"
+    assert main([command, str(cfg), "--out", str(locked / "a" / "b"), "--quiet", "--no-plots"]) == 2
+    assert err_line(capsys) == (f"simdl: error: --out: {locked / 'a' / 'b'} cannot be created ({locked} is not "
+                                "writable), expected a writable directory")
+    assert list(locked.iterdir()) == []
