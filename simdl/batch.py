@@ -15,6 +15,7 @@ from simdl.algorithms.base import Algorithm
 from simdl.faults import as_faults, check_algorithm
 from simdl.mixing import make_mixer
 from simdl.simulate import (
+    CompiledChunks,
     Recorder,
     SimulationResult,
     _device_info,
@@ -117,8 +118,7 @@ def simulate_batch(
     alg_keys = jnp.stack([i[2] for i in inits])
     data, data_axes = _shared_or_stacked([t.data for t in tasks])
     hp = {k: jnp.asarray([float(h[k]) for h in hparams], jnp.float32) for k in keys}
-    traces: list = []
-    chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults=faults,
+    chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, worker_batch, faults=faults,
                         execution=check_execution(execution), compute_dtype=compute_dtype)
     evaluate = build_evaluate(tasks[0], algorithm_fn)
 
@@ -126,20 +126,16 @@ def simulate_batch(
         f = jax.vmap(partial(chunk, length=length), in_axes=(0, None, data_axes, 0, 0, 0))
         return f(state, start, data, worker_keys, alg_keys, hp)
 
-    run_chunk = jax.jit(run, static_argnums=(6,), donate_argnums=(0,))
+    run_chunk = CompiledChunks(run)
     run_eval = jax.jit(jax.vmap(evaluate, in_axes=(data_axes, 0, 0)))
     recs = [Recorder() for _ in range(R)]
     diverged: list[int | None] = [None] * R
     done = 0
     t0 = time.perf_counter()
-    compile_s = 0.0
     while done < steps and any(d is None for d in diverged):
         length = min(eval_every, steps - done)
-        n_traces, tc = len(traces), time.perf_counter()
         state, loss, sums, bad, lr = run_chunk(state, jnp.int32(done), data, worker_keys, alg_keys, hp, length)
         bad = np.asarray(bad)
-        if len(traces) > n_traces:
-            compile_s += time.perf_counter() - tc
         done += length
         metrics = {k: np.asarray(v) for k, v in run_eval(data, state, hp).items()}
         rows: list[dict | None] = []
@@ -169,10 +165,10 @@ def simulate_batch(
                 "topology": topology.describe(), "steps": steps, "batch_size": batch_size, "seed": seeds[r],
                 "eval_every": eval_every, "mixing": mixer.method,
                 **resolve_execution(tasks[r], execution, worker_batch, params_r, batch_size),
-                "compiles": len(traces), "batched_runs": R,
+                "compiles": run_chunk.compiles, "batched_runs": R,
                 "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype,
-                "wall_time_s": wall, "compile_time_s": compile_s, "steps_done": int(hist["step"][-1]) if len(
-                    hist.get("step", [])) else 0, **_device_info()}
+                "wall_time_s": wall, "compile_time_s": run_chunk.compile_time_s,
+                "steps_done": int(hist["step"][-1]) if len(hist.get("step", [])) else 0, **_device_info()}
         out.append(SimulationResult(params_r, hist, {k: float(v[-1]) for k, v in hist.items()}, diverged[r], info,
                                     jax.tree_util.tree_map(lambda x, r=r: x[r], state)))
     return out

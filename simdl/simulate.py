@@ -209,19 +209,17 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
     return step
 
 
-def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int, traces: list,
+def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
                 worker_batch: int | None = None, faults=None, execution: str = "auto",
                 compute_dtype: str = "float32"):
     """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
     ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
-    chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). Appends to ``traces`` each time
-    it is traced (= compiled). ``faults``, ``compute_dtype``: see :func:`build_step`."""
+    chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). ``faults``, ``compute_dtype``:
+    see :func:`build_step`. Compile it with :class:`CompiledChunks`."""
     one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution,
                           compute_dtype)
 
     def chunk(state, start, data, worker_keys, alg_key, hp, length):
-        traces.append(length)
-
         def body(carry, i):
             state, loss_sum, sums, bad = carry
             t = start + i
@@ -274,6 +272,36 @@ def blew_up(first: dict, row: dict, factor: float = BLOWUP_FACTOR) -> bool:
     loss0, loss = abs(first["loss"]), row["loss"]
     xi0, xi = first.get("consensus_distance", 0.0), row.get("consensus_distance", 0.0)
     return bool(loss0 > 0 and loss > factor * loss0 and xi > factor * max(xi0, 1e-12))
+
+
+class CompiledChunks:
+    """The chunk program compiled ahead of time, once per chunk length.
+
+    ``programs(*args, length)`` runs ``fn(*args, length)`` (``length``: the static last argument; the first argument,
+    the state, is donated). A length seen for the first time is lowered and compiled explicitly, so
+    :attr:`compiles` (distinct programs) and :attr:`compile_time_s` (seconds spent in XLA compilation only) are
+    counted here rather than by side effects inside the traced function.
+    """
+
+    def __init__(self, fn: Callable, **jit_kwargs):
+        n_args = fn.__code__.co_argcount
+        self._jit = jax.jit(fn, static_argnums=(n_args - 1,), donate_argnums=(0,), **jit_kwargs)
+        self._programs: dict = {}
+        self.compile_time_s = 0.0
+
+    @property
+    def compiles(self) -> int:
+        return len(self._programs)
+
+    def __call__(self, *args):
+        *dynamic, length = args
+        program = self._programs.get(length)
+        if program is None:
+            t0 = time.perf_counter()
+            program = self._jit.lower(*args).compile()
+            self.compile_time_s += time.perf_counter() - t0
+            self._programs[length] = program
+        return program(*dynamic)
 
 
 class Recorder:
@@ -437,9 +465,8 @@ def simulate(
     layout = None if devices is None else placement(devices, task.n_workers)
     mixer = make_mixer(topology, mixing) if layout is None else make_sharded_mixer(topology, layout.mesh, mixing)
     state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
-    traces: list = []
     algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
-    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, traces, worker_batch, faults, execution,
+    chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution,
                         compute_dtype)
 
     def run(state, start, data, worker_keys, alg_key, length):
@@ -452,7 +479,7 @@ def simulate(
         state_sh, rep = layout.shardings(state), layout.replicated
         jit_kw = {"in_shardings": (state_sh, rep, rep, layout.shardings(worker_keys), rep),
                   "out_shardings": (state_sh, rep, rep, rep, rep)}
-    run_chunk = jax.jit(run, static_argnums=(5,), donate_argnums=(0,), **jit_kw)
+    run_chunk = CompiledChunks(run, **jit_kw)
     evaluate = build_evaluate(task, algorithm_fn)
     run_eval = jax.jit(lambda data, state: evaluate(data, state, None))
 
@@ -478,7 +505,6 @@ def simulate(
                     state = layout.put(state)
     diverged_at = None
     t0 = time.perf_counter()
-    compile_s = 0.0
     eval_times: list[float] = []
     bar = None
     if progress:
@@ -488,12 +514,8 @@ def simulate(
     try:
         while done < steps:
             length = min(eval_every, steps - done)
-            n_traces = len(traces)
-            tc = time.perf_counter()
             state, loss, sums, bad, lr = run_chunk(state, jnp.int32(done), task.data, worker_keys, k_alg, length)
             bad = int(bad)
-            if len(traces) > n_traces:
-                compile_s += time.perf_counter() - tc
             if bad >= 0:
                 diverged_at = bad
                 break
@@ -530,7 +552,8 @@ def simulate(
         "topology": topology.describe(),
         "steps": steps, "batch_size": batch_size, "seed": seed, "eval_every": eval_every,
         "mixing": mixer.method, **resolve_execution(task, execution, worker_batch, state_params, batch_size),
-        "compiles": len(traces), "wall_time_s": wall, "compile_time_s": compile_s,
+        "compiles": run_chunk.compiles, "wall_time_s": wall,
+        "compile_time_s": run_chunk.compile_time_s,
         "eval_time_s": float(sum(eval_times)), "eval_first_time_s": eval_times[0] if eval_times else 0.0,
         "evaluations": len(eval_times), "steps_done": done,
         "devices": 1 if layout is None else int(layout.mesh.size), **_device_info(),
