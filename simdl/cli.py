@@ -372,7 +372,14 @@ def _load_sweep(args) -> dict:
 
 def cmd_sweep(args, cfg: dict | None = None) -> int:
     from simdl.sweep import Planned, RunStore, execute
-    from simdl.sweep_report import best_learning_rates, headline_metric, plot_sweep, write_best_lr, write_csv
+    from simdl.sweep_report import (
+        best_learning_rates,
+        describe_best_lr,
+        headline_metric,
+        plot_sweep,
+        write_best_lr,
+        write_csv,
+    )
 
     check_out(args.out)
     cfg = cfg if cfg is not None else _load_sweep(args)
@@ -438,8 +445,7 @@ def cmd_sweep(args, cfg: dict | None = None) -> int:
     if lr_rows:
         print(f"\nbest learning rate per cell ({metric}):")
         for r in lr_rows:
-            cell = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("best_learning_rate", metric, "tried"))
-            print(f"  {cell}: {r['best_learning_rate']} ({metric} {r[metric]:.4g}; tried {r['tried']})")
+            print(f"  {describe_best_lr(r, metric)}")
     compiles = sum(1 for g in pending_groups)
     print(f"\n{len(records)} runs, {compiles} compile groups run now, {wall:.1f} s; wrote {out / 'sweep.csv'}")
     return 0
@@ -508,7 +514,7 @@ def _dispatch(args) -> int:
         if args.command == "tune":
             return cmd_tune(args)
         return cmd_run(args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # bad values; a dataset that is not prepared (says how to)
         print(f"simdl: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +190,16 @@ def test_out_that_cannot_be_written_is_rejected_even_as_root(tmp_path, capsys, m
     assert err_line(capsys) == (f"simdl: error: --out: {locked / 'a' / 'b'} cannot be created ({locked} is not "
                                 "writable), expected a writable directory")
     assert list(locked.iterdir()) == []
+
+
+def test_unprepared_tfds_dataset_is_a_short_error_with_the_command_that_prepares_it(tmp_path, monkeypatch, capsys):
+    """A paper config whose tensorflow-datasets dataset is not prepared: at most 5 lines, exit 2, no traceback."""
+    from simdl.cli import main
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
+    config = Path(__file__).resolve().parent.parent / "configs" / "kamp_mnist_cnn_dynamic.toml"
+    code = main(["run", str(config), "--set", "scale=tiny", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) <= 5 and "simdl: error:" in err and "tfds build mnist" in err, err
