@@ -18,12 +18,12 @@ from simdl.simulate import (
     CompiledChunks,
     Recorder,
     SimulationResult,
-    _device_info,
     blew_up,
     build_chunk,
     build_evaluate,
     check_compute_dtype,
     check_execution,
+    device_info,
     init_state,
     resolve_execution,
     validate,
@@ -168,7 +168,7 @@ def simulate_batch(
                 "compiles": run_chunk.compiles, "batched_runs": R,
                 "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype,
                 "wall_time_s": wall, "compile_time_s": run_chunk.compile_time_s,
-                "steps_done": int(hist["step"][-1]) if len(hist.get("step", [])) else 0, **_device_info()}
+                "steps_done": int(hist["step"][-1]) if len(hist.get("step", [])) else 0, **device_info()}
         out.append(SimulationResult(params_r, hist, {k: float(v[-1]) for k, v in hist.items()}, diverged[r], info,
                                     jax.tree_util.tree_map(lambda x, r=r: x[r], state)))
     return out

@@ -81,7 +81,8 @@ def _stack(params, n: int):
     return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), params)
 
 
-def _device_info() -> dict:
+def device_info() -> dict:
+    """The default device: ``platform``, ``device_kind``, ``device_count`` and ``jax_version`` (recorded in info)."""
     dev = jax.devices()[0]
     return {"platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
             "jax_version": jax.__version__}
@@ -556,7 +557,7 @@ def simulate(
         "compile_time_s": run_chunk.compile_time_s,
         "eval_time_s": float(sum(eval_times)), "eval_first_time_s": eval_times[0] if eval_times else 0.0,
         "evaluations": len(eval_times), "steps_done": done,
-        "devices": 1 if layout is None else int(layout.mesh.size), **_device_info(),
+        "devices": 1 if layout is None else int(layout.mesh.size), **device_info(),
         "faults": None if faults is None else faults._asdict(),
         "compute_dtype": compute_dtype,
     }

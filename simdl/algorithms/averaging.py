@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from simdl.algorithms.base import Algorithm, allreduce_bytes, as_schedule, tree_add, tree_where
-from simdl.algorithms.gossip import _hyper, gossip_sgd
+from simdl.algorithms.base import Algorithm, allreduce_bytes, as_schedule, record_hyperparams, tree_add, tree_where
+from simdl.algorithms.gossip import gossip_sgd
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 from simdl.mixing import mean_mix
 from simdl.schedules import cyclical
@@ -87,7 +87,7 @@ def local_sgd(learning_rate, local_steps: int = 4, momentum: float = 0.0, nester
         sent = jnp.where(sync, allreduce_bytes(ctx.n, state.params), 0.0)
         return LocalSGDState(params, opt_state), {"lr": schedule(ctx.step), "bytes_sent": sent}
 
-    hp = _hyper(learning_rate=learning_rate, local_steps=local_steps, momentum=momentum, nesterov=nesterov,
+    hp = record_hyperparams(learning_rate=learning_rate, local_steps=local_steps, momentum=momentum, nesterov=nesterov,
                 weight_decay=weight_decay, optimizer=optimizer, momentum_sync=momentum_sync, weighted=weighted)
     return Algorithm(name, init, step, lambda s: s.params, lambda s: s.params, hp, frozenset())
 

@@ -104,6 +104,12 @@ def check_nonneg(name: str, value: float) -> float:
     return v
 
 
+def record_hyperparams(**kw) -> dict:
+    """The JSON-serialisable record of a factory's hyperparameters (:attr:`Algorithm.hyperparams`): numbers,
+    strings, booleans and None as they are, anything else (schedules, optax transformations) as its ``repr``."""
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in kw.items()}
+
+
 def model_bytes(tree) -> int:
     """Bytes of ONE worker's copy of a stacked pytree (static Python int: leading axis dropped)."""
     leaves = jax.tree_util.tree_leaves(tree)

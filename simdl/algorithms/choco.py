@@ -26,8 +26,7 @@ import numpy as np
 import optax
 
 from simdl import compression as C
-from simdl.algorithms.base import Algorithm, as_schedule, tree_add, tree_sub
-from simdl.algorithms.gossip import _hyper
+from simdl.algorithms.base import Algorithm, as_schedule, record_hyperparams, tree_add, tree_sub
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 
 ORDERS = ("gossip_first", "compress_first")
@@ -111,7 +110,8 @@ def choco_sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weig
         deg = jnp.asarray(degs[0]) if topo.period == 1 else jnp.asarray(degs)[ctx.step % topo.period]
         return ChocoState(new, public, opt_state), {"lr": schedule(ctx.step), "bytes_sent": deg * nbytes}
 
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay,
                 gamma=g, compressor=comp.name, order=order, optimizer=optimizer, **comp.params)
     return Algorithm("choco_sgd", init, step, lambda s: s.params, lambda s: s.params, hp,
                      frozenset({"connected", "static"}))

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, tree_add
-from simdl.algorithms.gossip import _hyper
+from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, record_hyperparams, tree_add
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 
 D2_LAMBDA_MIN = -1.0 / 3.0
@@ -146,7 +145,8 @@ def _d2_family(name: str, learning_rate, half_mix: bool, momentum: float, nester
         corr = tree_add(state.correction, lap)  # = X_{t+1} − X_t − U_t
         return D2State(new, corr, opt_state), {"lr": schedule(ctx.step), "bytes_sent": gossip_bytes(ctx, x)}
 
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay,
                 optimizer=optimizer)
     return Algorithm(name, init, step, lambda s: s.params, lambda s: s.params, hp,
                      frozenset({"connected", "static"}))

@@ -29,8 +29,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from simdl.algorithms.base import Algorithm, as_schedule, check_nonneg, model_bytes, tree_add, tree_where
-from simdl.algorithms.gossip import _hyper
+from simdl.algorithms.base import (
+    Algorithm,
+    as_schedule,
+    check_nonneg,
+    model_bytes,
+    record_hyperparams,
+    tree_add,
+    tree_where,
+)
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 
 PROTOCOLS = ("basic", "partial")
@@ -270,7 +277,8 @@ def dynamic_averaging(
         }
         return new_state, aux
 
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay,
                 delta=delta, check_every=check_every, protocol=protocol, optimizer=optimizer)
     return Algorithm("dynamic_averaging", init, step, lambda s: s.params, lambda s: s.params, hp, frozenset())
 

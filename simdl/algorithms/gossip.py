@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import optax
 
-from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, tree_add
+from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, record_hyperparams, tree_add
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 
 ORDERS = ("atc", "cta")
@@ -29,10 +29,6 @@ class GossipState(NamedTuple):
 
     params: Any
     opt_state: Any
-
-
-def _hyper(**kw):
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in kw.items()}
 
 
 def gossip_sgd(
@@ -75,7 +71,7 @@ def gossip_sgd(
         sent = gossip_bytes(ctx, state.params) if bytes_fn is None else bytes_fn(ctx, state.params)
         return GossipState(params, opt_state), {"lr": schedule(ctx.step), "bytes_sent": sent}
 
-    hp = _hyper(learning_rate=learning_rate, order=order, momentum=momentum, nesterov=nesterov,
+    hp = record_hyperparams(learning_rate=learning_rate, order=order, momentum=momentum, nesterov=nesterov,
                 weight_decay=weight_decay, optimizer=optimizer)
     return Algorithm(name, init, step, lambda s: s.params, lambda s: s.params, hp, requires)
 

@@ -18,8 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from simdl.algorithms.base import Algorithm, as_schedule, check_momentum, check_nonneg, gossip_bytes
-from simdl.algorithms.gossip import _hyper
+from simdl.algorithms.base import Algorithm, as_schedule, check_momentum, check_nonneg, gossip_bytes, record_hyperparams
 
 QG_ADAM_VARIANTS = ("paper", "v2")
 
@@ -108,7 +107,7 @@ def qg_dsgdm(learning_rate, momentum: float = 0.9, nesterov: bool = True, weight
         buf = _tmap(lambda mh, a, b: (mu_ * mh + (1.0 - mu_) * (a - b) / eta).astype(mh.dtype), state.buffer, x, new)
         return QGMState(new, buf), {"lr": lr, "bytes_sent": gossip_bytes(ctx, x)}
 
-    hp = _hyper(learning_rate=learning_rate, momentum=beta, nesterov=nesterov, weight_decay=wd, mu=mu_)
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=beta, nesterov=nesterov, weight_decay=wd, mu=mu_)
     return Algorithm("qg_dsgdm", init, step, lambda s: s.params, lambda s: s.params, hp)
 
 
@@ -190,6 +189,6 @@ def qg_adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
             m_state = _tmap(lambda m0, m1: m1.astype(m0.dtype), state.m, m)
         return QGAdamState(new, m_state, v_hat), {"lr": lr, "bytes_sent": gossip_bytes(ctx, x)}
 
-    hp = _hyper(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, variant=variant,
+    hp = record_hyperparams(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=wd, variant=variant,
                 norm_eps=neps)
     return Algorithm("qg_adam", init, step, lambda s: s.params, lambda s: s.params, hp)

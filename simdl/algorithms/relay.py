@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from simdl.algorithms.base import Algorithm, as_schedule, check_momentum, tree_add
+from simdl.algorithms.base import Algorithm, as_schedule, check_momentum, record_hyperparams, tree_add
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 from simdl.mixing.relay import (
     METHODS,
@@ -62,10 +62,6 @@ class RelayState(NamedTuple):
     opt_state: Any
     reference: jax.Array
     relay: tuple
-
-
-def _hyper(**kw):
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in kw.items()}
 
 
 def _flatten(stacked) -> jax.Array:
@@ -210,7 +206,8 @@ def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None
         relay = tuple(RelayBuffers(*o.buffers) for o in outs)
         return RelayState(params, opt_state, state.reference, relay), {"lr": schedule(ctx.step), "bytes_sent": sent}
 
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay,
                 optimizer=optimizer, fill=fill, drop_prob=drop_prob, relay_method=relay_method)
     return Algorithm("relaysgd", init, step, lambda s: s.params, lambda s: s.params, hp, frozenset({"tree"}))
 
@@ -248,7 +245,8 @@ def relaysum_grad(learning_rate, momentum: float | None = None, nesterov: bool |
         relay = tuple(RelayBuffers(*o.buffers) for o in outs)
         return RelayState(params, opt_state, state.reference, relay), {"lr": schedule(ctx.step), "bytes_sent": sent}
 
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay,
                 optimizer=optimizer, drop_prob=drop_prob, relay_method=relay_method)
     return Algorithm("relaysum_grad", init, step, lambda s: s.params, lambda s: s.params, hp, frozenset({"tree"}))
 

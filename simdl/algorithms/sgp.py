@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simdl.algorithms.base import Algorithm, as_schedule, check_momentum, model_bytes
-from simdl.algorithms.gossip import _hyper
+from simdl.algorithms.base import Algorithm, as_schedule, check_momentum, model_bytes, record_hyperparams
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 from simdl.mixing import sparse_mix
 
@@ -273,7 +272,8 @@ def sgp(learning_rate, momentum: float = 0.9, nesterov: bool = True, weight_deca
     def debiased(state):
         return _debias(state.params, state.weight)
 
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay,
                 push_weights=push_weights if isinstance(push_weights, str) else "custom", step_on=step_on,
                 optimizer=optimizer, rounds=rounds)
     return Algorithm("sgp", init, step, debiased, debiased, hp)

@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, tree_add, tree_sub
+from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, record_hyperparams, tree_add, tree_sub
 from simdl.algorithms.d2 import check_doubly_stochastic
-from simdl.algorithms.gossip import _hyper
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
 
 
@@ -80,6 +79,7 @@ def gradient_tracking(learning_rate, momentum: float = 0.0, nesterov: bool = Fal
         aux = {"lr": schedule(ctx.step), "bytes_sent": gossip_bytes(ctx, x, messages_per_edge=2.0)}
         return TrackingState(new_x, corr, opt_state), aux
 
-    hp = _hyper(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+    hp = record_hyperparams(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay,
                 optimizer=optimizer)
     return Algorithm("gradient_tracking", init, step, lambda s: s.params, lambda s: s.params, hp)
