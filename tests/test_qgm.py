@@ -205,8 +205,13 @@ def test_qg_adam_rejects_bad_input(kwargs, match):
         qg_adam(0.01, **kwargs)
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_follow_the_reference_code():
+    """decentralized_qg_sgd.py: 1 − μ = ``factor`` = 0.1 whatever β, local_step 1; create_optimizer.py:43-44:
+    ``--optimizer decentralized_qg_adam`` loads decentralized_qg_adam_v2 (global-wise normalised d̃)."""
     hp = qg_dsgdm(0.1).hyperparams
-    assert hp["nesterov"] is True and hp["momentum"] == 0.9 and hp["mu"] == 0.9
+    assert hp["nesterov"] is True and hp["momentum"] == 0.9 and hp["mu"] == 0.9 and hp["local_step"] == 1
+    assert qg_dsgdm(0.1, momentum=0.5).hyperparams["mu"] == 0.9  # not tied to β
+    assert qg_dsgdm(0.1, momentum=0.5, mu=None).hyperparams["mu"] == 0.5  # None = β
     hp = qg_adam(1e-3).hyperparams
-    assert (hp["b1"], hp["b2"], hp["eps"], hp["variant"]) == (0.9, 0.999, 1e-8, "paper")
+    assert (hp["b1"], hp["b2"], hp["eps"], hp["variant"]) == (0.9, 0.999, 1e-8, "v2")
+    assert (hp["normalize"], hp["norm_eps"]) == ("global_wise", 1e-8)

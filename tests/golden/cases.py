@@ -53,8 +53,8 @@ def single_cases():
         "dynamic_averaging": lambda: run(_digits(), A.dynamic_averaging(0.1, delta=0.05), T.complete(8)),
         "relaysgd_dbt": lambda: run(_digits(), A.relaysgd(0.1), T.double_binary_trees(8)),
         "relaysum_grad_chain": lambda: run(_digits(), A.relaysum_grad(0.1), T.chain(8)),
-        "qg_dsgdm_ring": lambda: run(_digits(), A.qg_dsgdm(0.1), T.ring(8)),
-        "qg_adam_ring": lambda: run(_digits(), A.qg_adam(0.01), T.ring(8)),
+        "qg_dsgdm_ring": lambda: run(_digits(), A.qg_dsgdm(0.1, mu=None), T.ring(8)),  # pre-μ=0.9-default
+        "qg_adam_ring": lambda: run(_digits(), A.qg_adam(0.01, variant="paper"), T.ring(8)),  # pre-v2-default
         "d2_complete": lambda: run(_quad(), A.d2(0.05), T.complete(8), batch_size=4),
         "exact_diffusion_torus": lambda: run(_quad(), A.exact_diffusion(0.05), T.torus(2, 4), batch_size=4),
         "gradient_tracking_ring": lambda: run(_quad(), A.gradient_tracking(0.05), T.ring(8), batch_size=4),
