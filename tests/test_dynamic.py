@@ -56,10 +56,15 @@ CASES = [
 ]
 
 
+def _after_full_sync(state):
+    """The state just after a full sync that left every model (and r) at 0: the coordinator's reference is set."""
+    return state._replace(full_syncs=jnp.int32(1))
+
+
 @pytest.mark.parametrize("n,disp,protocol,transfers,moved,full", CASES)
 def test_transfer_counting_hand_built(n, disp, protocol, transfers, moved, full):
     alg = dynamic_averaging(1.0, delta=1.0, protocol=protocol)
-    state = _init(alg, {"x": jnp.zeros((n, 2), jnp.float32)})
+    state = _after_full_sync(_init(alg, {"x": jnp.zeros((n, 2), jnp.float32)}))
     g = np.zeros((n, 2), np.float32)
     for i, dv in enumerate(disp):
         g[i] = -np.asarray(dv, np.float32)  # lr = 1: x_i = displacement after the local step
@@ -71,7 +76,7 @@ def test_transfer_counting_hand_built(n, disp, protocol, transfers, moved, full)
     mb = model_bytes(state.params)
     np.testing.assert_array_equal(np.asarray(aux["bytes_sent"]), np.asarray(new.uploads, np.float32) * mb)
     assert int(model_transfers(new)) == transfers and int(new.violations) == float(aux["violations"])
-    assert int(new.full_syncs) == int(full) and int(new.partial_syncs) == int(not full)
+    assert int(new.full_syncs) == 1 + int(full) and int(new.partial_syncs) == int(not full)
     received = np.asarray(new.downloads) == 1
     assert received.sum() == moved and np.array_equal(received, np.asarray(new.uploads) == 1)
     violators = [i for i, dv in enumerate(disp) if np.sum(np.square(dv)) > 1.0]
@@ -88,6 +93,27 @@ def test_transfer_counting_hand_built(n, disp, protocol, transfers, moved, full)
         np.testing.assert_array_equal(x[~received], displaced[~received])  # untouched
         np.testing.assert_array_equal(np.asarray(new.reference["x"]), np.zeros(2))  # r unchanged
         assert np.sum(np.square(mean_b)) <= 1.0
+
+
+@pytest.mark.parametrize("n,disp", [(8, [(2, 0)]), (8, [(2, 0), (-2, 0)]), (64, [(20, 0)])])
+def test_first_violation_escalates_to_full_sync(n, disp):
+    """dlplatform DynamicHedgeSync: refPoint is None until the first full sync (dynamic.py:93, 157-158), so the
+    balancing that succeeds once r is set (the partial CASES above) fails on the first violation: a full sync."""
+    alg = dynamic_averaging(1.0, delta=1.0, protocol="partial")
+    state = _init(alg, {"x": jnp.zeros((n, 2), jnp.float32)})
+    g = np.zeros((n, 2), np.float32)
+    g[: len(disp)] = -np.asarray(disp, np.float32)
+    step = _stepper(alg, n)
+    new, aux = step(state, {"x": jnp.asarray(g)}, jnp.int32(0), jax.random.PRNGKey(3))
+    assert float(aux["full_syncs"]) == 1.0 and float(aux["partial_syncs"]) == 0.0
+    assert float(aux["model_transfers"]) == 2 * n
+    avg = -g.mean(0)
+    np.testing.assert_allclose(np.asarray(new.params["x"]), np.broadcast_to(avg, (n, 2)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new.reference["x"]), avg, rtol=1e-6)
+    # the same displacement from the new reference is now balanced locally
+    again, aux = step(new, {"x": jnp.asarray(g)}, jnp.int32(1), jax.random.PRNGKey(3))
+    assert float(aux["partial_syncs"]) == 1.0 and float(aux["full_syncs"]) == 0.0
+    assert float(aux["model_transfers"]) < 2 * n
 
 
 def test_conditions_only_checked_every_b_steps():
@@ -228,7 +254,7 @@ def test_runner_determinism_per_seed_and_byte_accounting():
 def test_balancing_set_is_a_function_of_the_step_key():
     n = 64
     alg = dynamic_averaging(1.0, delta=1.0, protocol="partial")
-    state = _init(alg, {"x": jnp.zeros((n, 2), jnp.float32)})
+    state = _after_full_sync(_init(alg, {"x": jnp.zeros((n, 2), jnp.float32)}))
     g = {"x": jnp.zeros((n, 2)).at[0, 0].set(-20.0)}  # one violator, balanced by 26 sampled learners
     step = _stepper(alg, n)
 
@@ -245,7 +271,7 @@ def test_step_under_vmap_terminates_and_matches():
     """Under vmap lax.cond runs both branches: the balancing loop must stop on a batch entry without violations."""
     n = 16
     alg = dynamic_averaging(1.0, delta=1.0, protocol="partial")
-    state = _init(alg, {"x": jnp.zeros((n, 2), jnp.float32)})
+    state = _after_full_sync(_init(alg, {"x": jnp.zeros((n, 2), jnp.float32)}))
     topo, w = T.complete(n), np.full(n, 1.0 / n)
     g = jnp.stack([jnp.zeros((n, 2)).at[0, 0].set(-2.0), jnp.zeros((n, 2))])
     keys = jax.random.split(jax.random.PRNGKey(1), 2)
@@ -266,3 +292,67 @@ def test_sample_uniform_picks_k_candidates_uniformly():
     freq = picks[:, ::2].mean(0)
     np.testing.assert_allclose(freq, k / 5, atol=0.05)  # each of 5 candidates chosen with probability 3/5
     assert (np.asarray(sample_uniform(keys[0], candidates, 99)) == np.asarray(candidates)).all()
+
+
+def _numpy_hedge(X, r_learner, ref_point, delta, key):
+    """dlplatform Coordinator.run + DynamicHedgeSync.evaluate (coordinator.py:301-331, dynamic.py:144-173) in
+    float64, with the same sampler as simdl (augmentBalancingSet's random.sample replaced by sample_uniform on
+    fold_in(key, round)). Returns (new X, new learner reference, new coordinator refPoint, moved, kind)."""
+    m = len(X)
+    violators = np.sum((X - r_learner) ** 2, axis=1) > delta
+    if not violators.any():
+        return X, r_learner, ref_point, np.zeros(m, bool), None
+    B, rnd = violators.copy(), 0
+    while True:
+        if B.all():
+            break  # full sync of all active nodes (dynamic.py:149-153)
+        mean = X[B].mean(0)
+        dist = delta + 1.0 if ref_point is None else np.sum((mean - ref_point) ** 2)
+        if dist <= delta:  # local balancing: send mean to B, no reference update (dynamic.py:161-164)
+            X = X.copy()
+            X[B] = mean
+            return X, r_learner, ref_point, B, "partial"
+        new = np.asarray(sample_uniform(jax.random.fold_in(key, rnd), jnp.asarray(~B), 2 * int(B.sum())))
+        rnd += 1
+        if (B | new).sum() >= m / 2:  # hedge: full sync (dynamic.py:168-172)
+            break
+        B = B | new
+    avg = X.mean(0)
+    return np.repeat(avg[None], m, 0), avg, avg, np.ones(m, bool), "full"
+
+
+def test_partial_protocol_matches_numpy_transcription_of_dlplatform():
+    jax.config.update("jax_enable_x64", True)
+    try:
+        A, bb = _problem(n=24, m=5, d=4, seed=11)
+        n, _, d = A.shape
+        lr, delta, b, steps = 0.03, 0.02, 2, 80
+        # start at the global minimiser: violations come from the noise, so balancing against x0 would succeed at
+        # once, and only the unset coordinator reference makes the first one a full sync
+        x0 = np.linalg.solve(np.einsum("imd,ime->de", A, A), np.einsum("imd,im->d", A, bb))
+        alg = dynamic_averaging(lr, delta=delta, check_every=b, protocol="partial")
+        state = _init(alg, {"x": jnp.asarray(np.repeat(x0[None], n, 0), jnp.float64)})
+        step = _stepper(alg, n)
+        X, r, ref_point = np.repeat(x0[None], n, 0), x0.copy(), None
+        rng = np.random.default_rng(13)
+        kinds, uploads = [], np.zeros(n, np.int64)
+        for t in range(steps):
+            G = _grad(A, bb, X) + 2.0 * rng.standard_normal(X.shape)
+            key = jax.random.fold_in(jax.random.PRNGKey(14), t)
+            state, aux = step(state, {"x": jnp.asarray(G)}, jnp.int32(t), key)
+            X = X - lr * G
+            kind = None
+            if (t + 1) % b == 0:
+                X, r, ref_point, moved, kind = _numpy_hedge(X, r, ref_point, delta, key)
+                uploads += moved
+            kinds.append(kind)
+            assert float(aux["full_syncs"]) == float(kind == "full"), t
+            assert float(aux["partial_syncs"]) == float(kind == "partial"), t
+            np.testing.assert_allclose(np.asarray(state.params["x"]), X, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(state.reference["x"]), r, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(np.asarray(state.uploads), uploads)
+        first = next(k for k in kinds if k is not None)
+        assert first == "full"  # the first violation escalates: refPoint unset
+        assert kinds.count("partial") > 0 and kinds.count("full") > 1  # both branches exercised
+    finally:
+        jax.config.update("jax_enable_x64", False)

@@ -9,7 +9,12 @@ learner takes one local step; every ``b`` rounds each learner checks its local c
 * ``protocol="partial"`` (balancing): the balancing set B starts as the violators. If ``‖mean_B − r‖² ≤ Δ`` the
   coordinator sends ``mean_B`` to the members of B only (r unchanged); otherwise it queries ``2|B|`` more learners,
   sampled uniformly from the rest, and retries; once the augmented set would hold at least m/2 learners (or B is
-  already all m learners) it performs a full synchronisation instead.
+  already all m learners) it performs a full synchronisation instead. The coordinator's reference point is unset
+  until the first full synchronisation (the learners check against the start model x⁰, the coordinator has none),
+  so no balancing succeeds before it: the first violation always escalates to a full synchronisation. This follows
+  the reference implementation, fraunhofer-iais/dlplatform ``DLplatform/synchronizing/dynamic.py``
+  (``DynamicHedgeSync``: ``refPoint=None`` at line 93, ``dist = delta + 1.0`` while it is None at lines 157-158,
+  ``refPoint`` set by the full sync at line 152, the hedge to a full sync at line 168; commit 7ce451b0).
 
 While every local condition holds, the consensus distance satisfies ``Ξ² ≤ (1/m) Σ_i ‖x_i − r‖² ≤ Δ``; the protocol
 re-establishes all local conditions at every check. With ``Δ = 0`` every learner that moved violates, so the
@@ -51,7 +56,8 @@ class DynamicAveragingState(NamedTuple):
     Attributes:
       params: stacked worker models (leading axis m).
       opt_state: stacked local optimizer state (momentum buffers stay local, never averaged).
-      reference: the reference model r, ONE model (same structure as a worker's params, no worker axis).
+      reference: the reference model r, ONE model (same structure as a worker's params, no worker axis). The
+        learners' reference from the start; the coordinator's (for balancing) only once ``full_syncs > 0``.
       uploads: int32 ``(m,)``, cumulative models each learner uploaded to the coordinator.
       downloads: int32 ``(m,)``, cumulative averaged models each learner received.
       violations: int32 scalar, cumulative local-condition violations (learner-checks with ``‖x_i − r‖² > Δ``).
@@ -133,13 +139,18 @@ def sample_uniform(key, candidates, k) -> jax.Array:
     return jnp.zeros((m,), bool).at[order].set(chosen)
 
 
-def balancing_set(stacked, reference, violators, delta: float, key):
+def balancing_set(stacked, reference, violators, delta: float, key, reference_set=True):
     """Resolve a violation with the partial (balancing) protocol.
 
     Starting from ``B = violators`` (at least one): if B holds all m learners → full sync; elif
     ``‖mean_B − r‖² ≤ Δ`` → partial sync of B; elif ``|B| + 2|B| ≥ m/2`` → full sync; else add ``2|B|`` learners
     sampled uniformly from the rest (key ``fold_in(key, round)``) and retry. A ``lax.while_loop`` of at most
-    ``⌈log₃(m/2)⌉ + 1`` rounds (the set triples each round).
+    ``⌈log₃(m/2)⌉ + 1`` rounds (the set triples each round). While ``reference_set`` is False (the coordinator has
+    no reference point yet) the distance test fails by definition (dlplatform ``DynamicHedgeSync.evaluate`` sets
+    ``dist = delta + 1.0``), so the set grows until the hedge triggers a full sync.
+
+    Args:
+      reference_set: bool scalar (may be traced), whether the coordinator's reference point ``reference`` is set.
 
     Returns:
       ``(members, mean_b, full)``: bool ``(m,)`` final balancing set B, its mean (one model; the value sent to B),
@@ -149,7 +160,7 @@ def balancing_set(stacked, reference, violators, delta: float, key):
 
     def status(members, mean_b):
         size = jnp.sum(members.astype(jnp.int32))
-        ok = squared_distance(mean_b, reference) <= delta
+        ok = reference_set & (squared_distance(mean_b, reference) <= delta)
         full = (size == m) | (~ok & (6 * size >= m))  # |B| + 2|B| >= m/2, in integers
         # an empty set (only reachable when both lax.cond branches run, e.g. under vmap) stops as a no-op
         return jnp.where(full, _FULL, jnp.where(ok | (size == 0), _PARTIAL, _CONTINUE))
@@ -201,7 +212,8 @@ def dynamic_averaging(
         averaging every ``check_every`` steps.
       check_every: b ≥ 1, local conditions are checked every b steps (b = 1: every step, the paper's protocol
         with its mini-batch rounds).
-      protocol: ``"basic"`` (any violation → full sync) or ``"partial"`` (balancing, then full sync).
+      protocol: ``"basic"`` (any violation → full sync) or ``"partial"`` (balancing, then full sync; no balancing
+        before the first full sync, which sets the coordinator's reference point).
 
     Returns:
       An :class:`Algorithm` with state :class:`DynamicAveragingState`. ``aux`` per step: ``lr``; ``bytes_sent``
@@ -232,7 +244,7 @@ def dynamic_averaging(
                                      jnp.zeros((n,), jnp.int32), jnp.zeros((), jnp.int32),
                                      jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
-    def resolve(params, reference, violators, key):
+    def resolve(params, reference, violators, key, reference_set):
         n = violators.shape[0]
         avg = full_mean(params)
         if protocol == "basic":
@@ -240,14 +252,14 @@ def dynamic_averaging(
             members = jnp.ones((n,), bool)
             target = avg
         else:
-            members, mean_b, full = balancing_set(params, reference, violators, delta, key)
+            members, mean_b, full = balancing_set(params, reference, violators, delta, key, reference_set)
             target = tree_where(full, avg, mean_b)
         members = members | full
         new_params = tree_where(members, _broadcast(target, n), params)
         new_reference = tree_where(full, avg, reference)
         return new_params, new_reference, members, full
 
-    def keep(params, reference, violators, key):
+    def keep(params, reference, violators, key, reference_set):
         return params, reference, jnp.zeros_like(violators), jnp.bool_(False)
 
     def step(state, grads, ctx):
@@ -256,8 +268,10 @@ def dynamic_averaging(
         check = (ctx.step + 1) % check_every == 0
         violators = check & (squared_distances(params, state.reference) > delta)
         any_violation = jnp.any(violators)
+        # the coordinator's reference point is set by the first full sync (dlplatform dynamic.py:152)
+        reference_set = state.full_syncs > 0
         params, reference, moved, full = jax.lax.cond(any_violation, resolve, keep, params, state.reference,
-                                                      violators, ctx.key)
+                                                      violators, ctx.key, reference_set)
         moved_i = moved.astype(jnp.int32)
         partial = any_violation & ~full
         mb = jnp.float32(model_bytes(state.params))
