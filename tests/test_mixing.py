@@ -22,7 +22,7 @@ STATIC = [
     ("erdos_renyi", lambda: T.erdos_renyi(10, 0.4, seed=3)),
     ("social", lambda: T.social_network()),
     ("binary_tree", lambda: T.binary_tree(11)),
-    ("double_binary_trees", lambda: T.double_binary_trees(10)),
+    # double_binary_trees gossips per tree (split topology): tests/test_multitree.py
 ]
 
 

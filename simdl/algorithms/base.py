@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from simdl.mixing.mixer import split_gossip_bytes
+
 PyTree = Any
 
 
@@ -117,12 +119,15 @@ def model_bytes(tree) -> int:
 
 
 def gossip_bytes(ctx: Context, tree, messages_per_edge: float = 1.0) -> jax.Array:
-    """Bytes each worker sends in one gossip round on ``ctx.topology`` at ``ctx.step``: out-degree × model bytes.
+    """Bytes each worker sends in one gossip round on ``ctx.topology`` at ``ctx.step``: out-degree × model bytes
+    (split topologies: per tree, :func:`simdl.mixing.split_gossip_bytes`).
 
     Returns:
       float32 ``(n,)``.
     """
     topo = ctx.topology
+    if topo.is_split:
+        return jnp.asarray(split_gossip_bytes(topo, tree) * messages_per_edge, jnp.float32)
     degs = np.stack([topo.out_degree(s) for s in range(topo.period)]).astype(np.float32)
     deg = jnp.asarray(degs[0]) if topo.period == 1 else jnp.asarray(degs)[ctx.step % topo.period]
     return deg * jnp.float32(model_bytes(tree) * messages_per_edge)

@@ -46,6 +46,30 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def slot_layout(mats) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Padded in-neighbour slots ``(index (n, k) int32, weight (n, k) float64)`` of each (n, n) matrix in ``mats``,
+    with one k = 1 + the largest in-degree over all of them (layout of :meth:`Topology.neighbor_slots`)."""
+    n = mats[0].shape[0]
+    nbrs_per_step = []
+    for w in mats:
+        off = w != 0
+        np.fill_diagonal(off, False)
+        nbrs_per_step.append([np.flatnonzero(off[i]) for i in range(n)])
+    k = 1 + max(len(v) for nbrs in nbrs_per_step for v in nbrs)
+    out = []
+    for w, nbrs in zip(mats, nbrs_per_step, strict=True):
+        index = np.repeat(np.arange(n, dtype=np.int32)[:, None], k, axis=1)
+        weight = np.zeros((n, k), dtype=np.float64)
+        weight[:, 0] = np.diag(w)
+        for i, v in enumerate(nbrs):
+            index[i, 1:1 + len(v)] = v
+            weight[i, 1:1 + len(v)] = w[i, v]
+        index.setflags(write=False)
+        weight.setflags(write=False)
+        out.append((index, weight))
+    return tuple(out)
+
+
 def components_message(graph: nx.Graph) -> str | None:
     """None if ``graph`` is connected (strongly, if directed), else a message naming the components."""
     if graph.is_directed():
@@ -74,10 +98,19 @@ class Topology:
         schedule: ``None`` (static) or the period's matrices; ``weights_at(step) = schedule[step % period]``.
         trees: spanning trees for RelaySum (arXiv 2110.04175), each an undirected ``nx.Graph`` on 0..n-1
             whose edges are graph edges; ``None`` for non-tree topologies.
+        tree_weights: ``None`` (gossip uses ``weights``) or one (n, n) float64 row-stochastic matrix per entry of
+            ``trees``, each on its tree's edges (read-only). When set the topology is *split*
+            (:attr:`is_split`): gossip (``ctx.mix``) sends coordinate k of the flattened vector it mixes over tree
+            ``k mod T`` only, with ``tree_weights[k mod T]`` (T = ``len(trees)``), as the RelaySGD authors'
+            ``MultiTopologyGossipMechanism`` does on double binary trees; ``weights`` is then the matrix of the
+            union graph (kept for reference and for algorithms with their own tables) and the spectral
+            quantities refer to the trees. Static topologies only.
 
     Raises:
         ValueError: (at construction) invalid matrices, nodes not 0..n-1, weights off the graph's edges,
-            ``weights`` != ``schedule[0]``, or a ``trees`` entry that is not a spanning tree of the graph.
+            ``weights`` != ``schedule[0]``, a ``trees`` entry that is not a spanning tree of the graph, or
+            ``tree_weights`` that do not match ``trees`` (count, row-stochasticity, support) or come with a
+            schedule.
     """
 
     name: str
@@ -85,6 +118,7 @@ class Topology:
     weights: np.ndarray
     schedule: tuple[np.ndarray, ...] | None = None
     trees: tuple[nx.Graph, ...] | None = None
+    tree_weights: tuple[np.ndarray, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.graph.number_of_nodes()
@@ -119,6 +153,26 @@ class Topology:
                     if not (self.graph.has_edge(a, b) or self.graph.has_edge(b, a)):
                         raise ValueError(f"trees[{k}] edge {{{a}, {b}}} is not an edge of the graph")
             object.__setattr__(self, "trees", trees)
+        if self.tree_weights is not None:
+            object.__setattr__(self, "tree_weights", self._checked_tree_weights(n))
+
+    def _checked_tree_weights(self, n: int) -> tuple[np.ndarray, ...]:
+        tw = tuple(self.tree_weights)
+        if self.trees is None or len(tw) != len(self.trees):
+            have = 0 if self.trees is None else len(self.trees)
+            raise ValueError(f"tree_weights needs one matrix per tree: got {len(tw)} matrices for {have} trees")
+        if self.schedule is not None and len(self.schedule) > 1:
+            raise ValueError("tree_weights (per-tree gossip) needs a static topology, got a schedule of "
+                             f"{len(self.schedule)} matrices")
+        out = []
+        for k, (m, t) in enumerate(zip(tw, self.trees, strict=True)):
+            try:
+                m = validate_mixing_matrix(m, n)
+                check_support(m, t)
+            except ValueError as err:
+                raise ValueError(f"tree_weights[{k}]: {err}") from None
+            out.append(_readonly(m))
+        return tuple(out)
 
     # ----------------------------------------------------------------- basic structure
     @property
@@ -141,6 +195,16 @@ class Topology:
         """All mixing matrices of one period, ``(weights_at(0), ..., weights_at(period - 1))``."""
         return (self.weights,) if self.schedule is None else self.schedule
 
+    @property
+    def is_split(self) -> bool:
+        """Whether gossip is split over the trees by coordinate (``tree_weights`` is set)."""
+        return self.tree_weights is not None
+
+    @property
+    def gossip_weights(self) -> tuple[np.ndarray, ...]:
+        """The matrices ``ctx.mix`` applies: ``tree_weights`` of a split topology, else ``period_weights``."""
+        return self.tree_weights if self.is_split else self.period_weights
+
     def weights_at(self, step: int = 0) -> np.ndarray:
         """(n, n) float64 read-only mixing matrix used at ``step`` (``schedule[step % period]``).
 
@@ -157,17 +221,27 @@ class Topology:
 
     @cached_property
     def rho(self) -> float:
-        """``max(|λ_2|, |λ_n|)`` of ``weights`` (time-varying: of the static ``weights_at(0)`` only)."""
+        """``max(|λ_2|, |λ_n|)`` of ``weights`` (time-varying: of the static ``weights_at(0)`` only).
+
+        Split topologies (:attr:`is_split`): ``max_t rho(tree_weights[t])``, the slowest tree, since every
+        coordinate is gossiped over one tree only (not the union graph's ``weights``).
+        """
+        if self.is_split:
+            return max(spectral.rho(w) for w in self.tree_weights)
         return spectral.rho(self.weights, self.eigenvalues)
 
     @property
     def spectral_gap(self) -> float:
-        """``1 - rho`` of ``weights`` (time-varying: of ``weights_at(0)`` only, not of the schedule)."""
+        """``1 - rho`` of ``weights`` (time-varying: of ``weights_at(0)`` only, not of the schedule; split
+        topologies: of the slowest tree, see :attr:`rho`)."""
         return 1.0 - self.rho
 
     @cached_property
     def lambda_min(self) -> float:
-        """Smallest eigenvalue of ``weights`` (real part if non-symmetric; time-varying: weights_at(0))."""
+        """Smallest eigenvalue of ``weights`` (real part if non-symmetric; time-varying: weights_at(0); split
+        topologies: the smallest over ``tree_weights``)."""
+        if self.is_split:
+            return min(spectral.lambda_min(w) for w in self.tree_weights)
         return spectral.lambda_min(self.weights, self.eigenvalues)
 
     # ----------------------------------------------------------------- graph quantities
@@ -211,25 +285,25 @@ class Topology:
     # ----------------------------------------------------------------- layouts for mixing kernels
     @cached_property
     def _slots(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        n = self.n
-        nbrs_per_step = []
-        for w in self.period_weights:
-            off = w != 0
-            np.fill_diagonal(off, False)
-            nbrs_per_step.append([np.flatnonzero(off[i]) for i in range(n)])
-        k = 1 + max(len(v) for nbrs in nbrs_per_step for v in nbrs)
-        out = []
-        for w, nbrs in zip(self.period_weights, nbrs_per_step, strict=True):
-            index = np.repeat(np.arange(n, dtype=np.int32)[:, None], k, axis=1)
-            weight = np.zeros((n, k), dtype=np.float64)
-            weight[:, 0] = np.diag(w)
-            for i, v in enumerate(nbrs):
-                index[i, 1:1 + len(v)] = v
-                weight[i, 1:1 + len(v)] = w[i, v]
-            index.setflags(write=False)
-            weight.setflags(write=False)
-            out.append((index, weight))
-        return tuple(out)
+        return slot_layout(self.period_weights)
+
+    @cached_property
+    def _tree_slots(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        return slot_layout(self.tree_weights) if self.is_split else self._slots
+
+    def tree_neighbor_slots(self, tree: int) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbour slots (layout of :meth:`neighbor_slots`) of ``tree_weights[tree]``, padded to k = 1 + the
+        largest in-degree over all trees.
+
+        Raises:
+            ValueError: the topology is not split, or ``tree`` is not in 0..T-1.
+        """
+        if not self.is_split:
+            raise ValueError(f"tree_neighbor_slots needs a split topology (tree_weights set); {self.name} is not")
+        t = len(self.tree_weights)
+        if isinstance(tree, bool) or not isinstance(tree, (int, np.integer)) or not 0 <= tree < t:
+            raise ValueError(f"tree must be an index in 0..{t - 1}, got tree={tree!r}")
+        return self._tree_slots[int(tree)]
 
     def neighbor_slots(self, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Padded in-neighbour lists of ``weights_at(step)``.
@@ -260,9 +334,20 @@ class Topology:
         np.fill_diagonal(off, False)
         return off.sum(axis=0).astype(np.int64)
 
+    def tree_out_degree(self) -> np.ndarray:
+        """(T, n) int64: messages worker i sends per gossip round on tree t (number of j != i with
+        ``tree_weights[t][j, i] != 0``); ``(1, n)`` = ``out_degree(0)`` for a topology that is not split."""
+        mats = self.tree_weights if self.is_split else (self.weights,)
+        out = []
+        for w in mats:
+            off = w != 0
+            np.fill_diagonal(off, False)
+            out.append(off.sum(axis=0))
+        return np.stack(out).astype(np.int64)
+
     def describe(self) -> dict:
         """JSON-serialisable summary: name, n, spectral_gap, rho, lambda_min, diameter (None if
-        disconnected), max_degree, time_varying, period."""
+        disconnected), max_degree, time_varying, period, gossip_trees (T of a split topology, else 1)."""
         return {
             "name": self.name,
             "n": self.n,
@@ -273,6 +358,7 @@ class Topology:
             "max_degree": int(self.max_degree),
             "time_varying": bool(self.is_time_varying),
             "period": int(self.period),
+            "gossip_trees": len(self.tree_weights) if self.is_split else 1,
         }
 
     def __repr__(self) -> str:
@@ -280,7 +366,8 @@ class Topology:
 
 
 def build(name: str, graph: nx.Graph, weights: str | np.ndarray = "metropolis",
-          trees: tuple[nx.Graph, ...] | None = None, allow_disconnected: bool = False) -> Topology:
+          trees: tuple[nx.Graph, ...] | None = None, allow_disconnected: bool = False,
+          tree_weights: tuple[np.ndarray, ...] | None = None) -> Topology:
     """Make a static :class:`Topology` from a graph on 0..n-1 and a weight spec.
 
     Args:
@@ -289,6 +376,7 @@ def build(name: str, graph: nx.Graph, weights: str | np.ndarray = "metropolis",
         weights: ``"metropolis"``, ``"uniform"`` or a custom (n, n) array on the graph's edges.
         trees: optional spanning trees (RelaySum).
         allow_disconnected: accept a disconnected graph.
+        tree_weights: optional per-tree gossip matrices (one per tree), see :class:`Topology`.
 
     Raises:
         ValueError: disconnected graph (unless allowed), invalid weights.
@@ -299,4 +387,5 @@ def build(name: str, graph: nx.Graph, weights: str | np.ndarray = "metropolis",
         msg = components_message(graph)
         if msg is not None:
             raise ValueError(msg)
-    return Topology(name=name, graph=graph, weights=resolve_weights(graph, weights), trees=trees)
+    return Topology(name=name, graph=graph, weights=resolve_weights(graph, weights), trees=trees,
+                    tree_weights=tree_weights)

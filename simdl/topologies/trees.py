@@ -1,7 +1,8 @@
 """Tree topologies for RelaySum / RelaySGD (Vogels et al. 2021, arXiv 2110.04175).
 
 Each factory sets ``Topology.trees``: the spanning tree(s) messages are relayed on. The gossip ``weights``
-(Metropolis–Hastings by default) live on ``graph`` (the union of the trees).
+(Metropolis–Hastings by default) live on ``graph``; with several trees (:func:`double_binary_trees`) gossip is
+split by coordinate over the trees, each with its own ``Topology.tree_weights``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from simdl.topologies.base import Topology, build, check_count, components_message
 from simdl.topologies.graphs import relabel_sorted
+from simdl.topologies.weights import resolve_weights
 
 
 def _tree(n: int, edges) -> nx.Graph:
@@ -54,20 +56,42 @@ def binary_tree(n: int, weights: str | np.ndarray = "metropolis") -> Topology:
     return build(f"binary_tree({t.number_of_nodes()})", t, weights, trees=(t,))
 
 
-def double_binary_trees(n: int, weights: str | np.ndarray = "metropolis") -> Topology:
+def double_binary_trees(n: int, weights="metropolis") -> Topology:
     """Double binary trees (arXiv 2110.04175): the binary tree and its mirror ``w -> n - 1 - w``.
 
-    ``trees = (tree, mirror)``; ``graph`` is their union and the weights live on the union.
-    RelaySum sends even parameter coordinates over ``trees[0]`` and odd ones over ``trees[1]``.
+    ``trees = (tree, mirror)``; ``graph`` is their union. The topology is split (``Topology.is_split``): gossip
+    (``ctx.mix``) sends even coordinates of the flattened vector it mixes over ``trees[0]`` and odd ones over
+    ``trees[1]``, each tree with its own matrix ``tree_weights[t]`` (Metropolis–Hastings on that tree by
+    default), as the authors' ``MultiTopologyGossipMechanism`` does; RelaySum splits the coordinates the same
+    way. ``weights`` is the matrix of the union graph (same scheme), which gossip does not use;
+    ``spectral_gap`` is the trees' (0.024 at n = 16, vs 0.153 for the union).
+
+    Args:
+        n: workers.
+        weights: ``"metropolis"`` or ``"uniform"`` (applied to each tree and to the union), or a pair of
+            (n, n) arrays, one per tree (``weights`` is then their mean).
 
     Raises:
-        ValueError: n not an integer >= 1; invalid weights.
+        ValueError: n not an integer >= 1; invalid weights (an unknown scheme, a single array instead of one
+            per tree, or matrices off their tree's edges).
     """
     t = binary_tree_graph(n)
     n = t.number_of_nodes()
     mirror = _tree(n, ((n - 1 - a, n - 1 - b) for a, b in t.edges))
     union = nx.compose(t, mirror)
-    return build(f"double_binary_trees({n})", union, weights, trees=(t, mirror))
+    if isinstance(weights, str):
+        per_tree = (resolve_weights(t, weights), resolve_weights(mirror, weights))
+        return build(f"double_binary_trees({n})", union, weights, trees=(t, mirror), tree_weights=per_tree)
+    try:
+        pair = [np.asarray(w, dtype=np.float64) for w in weights]
+    except (TypeError, ValueError):
+        pair = None
+    if pair is None or len(pair) != 2 or any(w.shape != (n, n) for w in pair):
+        shapes = None if pair is None else [w.shape for w in pair]
+        raise ValueError(f"double_binary_trees weights must be 'metropolis', 'uniform' or a pair of ({n}, {n}) "
+                         f"arrays (one per tree), got a {type(weights).__name__} of parts shaped {shapes}")
+    return build(f"double_binary_trees({n})", union, (pair[0] + pair[1]) / 2, trees=(t, mirror),
+                 tree_weights=tuple(pair))
 
 
 def bfs_tree(graph: nx.Graph, root: int = 0) -> nx.Graph:
