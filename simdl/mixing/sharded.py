@@ -32,7 +32,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from simdl.mixing.mixer import choose_method
+from simdl.mixing.mixer import choose_method, split_map
 
 AXIS = "workers"
 
@@ -201,7 +201,8 @@ class ShardedMixer:
       n: number of workers (divisible by the mesh size).
       period: number of distinct mixing matrices.
       mesh: the 1-D :class:`jax.sharding.Mesh` with axis ``"workers"``.
-      plans: one static plan per step of the period (``None`` for ``mean``).
+      plans: one static plan per step of the period (``None`` for ``mean``), or per tree of a split topology.
+      parts: T for a split topology (coordinate k mixed by tree ``k mod T``, :func:`simdl.mixing.split_map`), else 1.
     """
 
     method: str
@@ -209,6 +210,7 @@ class ShardedMixer:
     period: int
     mesh: Mesh
     plans: tuple[Any, ...]
+    parts: int = 1
 
     @property
     def n_devices(self) -> int:
@@ -228,6 +230,8 @@ class ShardedMixer:
         return smap(fn, in_specs=specs)(tree, plan.index, plan.weight, *plan.send)
 
     def __call__(self, tree, step=0):
+        if self.parts > 1:
+            return split_map([partial(self._apply, plan) for plan in self.plans], tree)
         if self.period == 1 or self.method == "mean":
             return self._apply(self.plans[0], tree)
         if isinstance(step, (int, np.integer)):
@@ -256,6 +260,15 @@ def make_sharded_mixer(topology, mesh: Mesh, method: str = "auto") -> ShardedMix
     check_divisible(topology.n, n_devices)
     method = choose_method(topology, method)
     period = topology.period
+    if topology.is_split and method != "mean":
+        b = topology.n // n_devices
+        trees = range(len(topology.tree_weights))
+        if method == "dense":
+            plans = tuple(DensePlan(np.asarray(w, np.float32).reshape(n_devices, b, topology.n))
+                          for w in topology.tree_weights)
+        else:
+            plans = tuple(slot_plan(*topology.tree_neighbor_slots(t), n_devices) for t in trees)
+        return ShardedMixer(method=method, n=topology.n, period=1, mesh=mesh, plans=plans, parts=len(plans))
     if method == "mean":
         plans: tuple = (None,)
     elif method == "shift":
