@@ -86,8 +86,9 @@ def lazy(topology: Topology, self_weight: float) -> Topology:
         raise ValueError(f"self_weight must be in [0, 1), got {self_weight!r}")
     eye = np.eye(topology.n)
     mats = [a * eye + (1 - a) * np.asarray(topology.weights_at(s)) for s in range(topology.period)]
+    per_tree = None if not topology.is_split else tuple(a * eye + (1 - a) * w for w in topology.tree_weights)
     return Topology(f"lazy({topology.name},{a:g})", topology.graph, mats[0],
-                    tuple(mats) if topology.is_time_varying else None, topology.trees)
+                    tuple(mats) if topology.is_time_varying else None, topology.trees, per_tree)
 
 
 def get(name: str, n: int, lazy_weight: float = 0.0, **kw) -> Topology:
