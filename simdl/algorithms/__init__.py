@@ -12,7 +12,7 @@ from simdl.algorithms.dynamic import dynamic_averaging
 from simdl.algorithms.gossip import cdmsgd, cdsgd, dpsgd, dsgd
 from simdl.algorithms.local import local_optimizer
 from simdl.algorithms.qgm import qg_adam, qg_dsgdm
-from simdl.algorithms.relay import relaysgd, relaysum_grad
+from simdl.algorithms.relay import relaysgd, relaysum_grad, relaysum_mix
 from simdl.algorithms.sgp import sgp
 from simdl.algorithms.tracking import gradient_tracking
 
@@ -27,6 +27,7 @@ ALGORITHMS = {
     "dynamic_averaging": dynamic_averaging,
     "relaysgd": relaysgd,
     "relaysum_grad": relaysum_grad,
+    "relaysum_mix": relaysum_mix,
     "qg_dsgdm": qg_dsgdm,
     "qg_adam": qg_adam,
     "d2": d2,

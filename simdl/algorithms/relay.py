@@ -1,4 +1,4 @@
-"""RelaySGD and RelaySum/Grad (Vogels et al. 2021, arXiv 2110.04175;
+"""RelaySGD, RelaySum/Grad and RelaySum/Mix (Vogels et al. 2021, arXiv 2110.04175;
 docs/algorithms.md#relaysum-relaysgd-relaysum_grad).
 
 Both run on the spanning tree(s) of the topology (``Topology.trees``) with the RelaySum mechanism of
@@ -7,9 +7,12 @@ edge, and receives the sum of the values of all workers whose values have had ti
 
 * **RelaySGD** (ATC): ``x^½ = x − η D`` (local Nesterov momentum by default, or any optax optimizer: Adam gives
   "Relay-Adam"); relay ``v = x^½``; ``x_i ← (S_i + (n − C_i) · x⁰) / n`` where ``x⁰`` is the common initial model
-  (``fill="initial"``, the paper's choice); ``fill="self"`` fills with the worker's own ``x^½_i``;
-  ``fill="normalize"`` uses ``S_i / C_i``.
+  (``fill="initial"``, the paper's choice); ``fill="previous"`` fills with the worker's previous averaged model
+  ``x_i`` (the model before this step's local update; the authors' unreliable-network experiments);
+  ``fill="self"`` fills with the worker's own ``x^½_i``; ``fill="normalize"`` uses ``S_i / C_i``.
 * **RelaySum/Grad**: relay the local updates ``u_i = −η D``; ``x_i ← x_i + (u_i + Σ_j m_{j→i}) / n``.
+* **RelaySum/Mix**: relay ``v = α x + u`` (α = mixing coefficient, u = −η D);
+  ``x_i ← (1 − α) x_i + (S_i + (n − C_i) · α x⁰) / n``. α = 1 is RelaySGD (``fill="initial"``), α = 0 RelaySum/Grad.
 
 Models are flattened per worker (``jax.flatten_util.ravel_pytree`` under ``vmap``: the concatenation of all
 leaves in ``tree_leaves`` order, as the reference code packs its buffers). With T trees (double binary trees,
@@ -43,7 +46,8 @@ from simdl.mixing.relay import (
     split_coordinates,
 )
 
-FILLS = ("initial", "self", "normalize")
+FILLS = ("initial", "previous", "self", "normalize")
+MIX_FILLS = ("initial", "unscaled", "previous")
 PAPER_MOMENTUM = 0.9
 
 
@@ -53,7 +57,8 @@ class RelayState(NamedTuple):
     Attributes:
       params: stacked worker models (leading axis n).
       opt_state: stacked local optimizer state (momentum buffers stay local).
-      reference: ``(D,)`` flattened common initial model x⁰ (the RelaySGD fill-in; unused by RelaySum/Grad).
+      reference: ``(D,)`` flattened common initial model x⁰ (worker 0's initial model; the ``fill="initial"`` term
+        of RelaySGD and RelaySum/Mix; unused by RelaySum/Grad and by ``fill="previous"``).
       relay: one :class:`simdl.mixing.relay.RelayBuffers` per tree; tree t holds messages ``(E_t, D_t)``
         (D_t = coordinates ``t, t + T, ...`` of the flattened model) and int32 counts ``(E_t,)``.
     """
@@ -91,9 +96,9 @@ def tree_plans(topology, method: str = "auto", who: str = "RelaySum") -> tuple[R
     return plans
 
 
-def _check_common(fill: str | None, drop_prob: float, method: str) -> float:
-    if fill is not None and fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+def _check_common(fill: str | None, drop_prob: float, method: str, fills: tuple[str, ...] | None = FILLS) -> float:
+    if fills is not None and fill not in fills:
+        raise ValueError(f"fill must be one of {fills}, got {fill!r}")
     p = float(drop_prob)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
@@ -154,8 +159,19 @@ def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None
     """RelaySGD (Vogels et al. 2021, arXiv 2110.04175, Algorithm 1; docs/algorithms.md#relaysgd).
 
     Per step: ``x^½ = x − η D`` (local optimizer), RelaySum of ``v = x^½`` over the tree(s) giving ``S_i`` and
-    ``C_i``, then ``x_i ← (S_i + (n − C_i) · x⁰)/n`` (``fill="initial"``), ``(S_i + (n − C_i) · x^½_i)/n``
-    (``"self"``) or ``S_i / C_i`` (``"normalize"``). Requires a tree topology (``requires={"tree"}``).
+    ``C_i``, then ``x_i ← (S_i + (n − C_i) · x⁰)/n`` (``fill="initial"``), ``(S_i + (n − C_i) · x_i)/n`` with
+    ``x_i`` the worker's previous averaged model, i.e. its model before this step's local update
+    (``"previous"``), ``(S_i + (n − C_i) · x^½_i)/n`` (``"self"``) or ``S_i / C_i`` (``"normalize"``). Requires a
+    tree topology (``requires={"tree"}``).
+
+    Fills: ``"initial"`` is Algorithm 1 of the paper and the reference code's default (``utils/communication.py``
+    ``RelayMechanism.receive_average``, ``initial_state`` = x⁰). ``"previous"`` is what the paper's
+    unreliable-network table (Table 5, "RelaySum/Model w/ momentum", 1% and 10% dropped messages) uses: the
+    authors' robustness runs (``experiments/neurips21-cifar-robustness.py``) set
+    ``relaysum_model_update_ref_state = True``, so after each step ``algorithms.py`` ``relaysum_model`` calls
+    ``relay.set_initial_state(buffer)`` with the new averaged model, which becomes the next step's fill. Without
+    drops the fill term is nonzero only during the first τ_max − 1 steps (the counts are n afterwards); with drops
+    ``"initial"`` keeps pulling every worker towards x⁰ by the missing mass, ``"previous"`` does not.
 
     Args:
       learning_rate: η, float or optax schedule.
@@ -165,7 +181,8 @@ def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None
       weight_decay: λ added to the gradient before momentum (the paper's experiments use 1e-4; default 0).
       optimizer: optional optax transformation as the local optimizer (e.g. ``optax.adam(1e-3)``: "Relay-Adam");
         then ``momentum`` must be left at None/0.
-      fill: how the mass of not-yet-arrived workers is filled: ``"initial"`` (paper), ``"self"``, ``"normalize"``.
+      fill: how the mass of not-yet-arrived (or lost) workers is filled: ``"initial"`` (paper, default),
+        ``"previous"`` (the paper's unreliable-network runs), ``"self"``, ``"normalize"``.
       drop_prob: probability p ∈ [0, 1) that each received (message, count) pair is lost.
       relay_method: ``"auto"``, ``"gather"`` or ``"subtract"`` (see :mod:`simdl.mixing.relay`).
       weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
@@ -190,11 +207,14 @@ def relaysgd(learning_rate, momentum: float | None = None, nesterov: bool | None
         half = tree_add(state.params, updates)
         flat = _flatten(half)
         parts, outs = _relay_all(plans, flat, state.relay, ctx, drop_prob, with_counts=True)
-        refs = split_coordinates(state.reference[None, :].astype(flat.dtype), len(plans))
+        if fill == "previous":  # the previous averaged model: this step's input x_i
+            refs = split_coordinates(_flatten(state.params).astype(flat.dtype), len(plans))
+        else:
+            refs = split_coordinates(state.reference[None, :].astype(flat.dtype), len(plans))
         new_parts = []
         for part, ref, out in zip(parts, refs, outs, strict=True):
             c = out.counts.astype(flat.dtype)[:, None]
-            if fill == "initial":
+            if fill in ("initial", "previous"):
                 x = (out.sums + (n - c) * ref) / n
             elif fill == "self":
                 x = (out.sums + (n - c) * part) / n
@@ -229,7 +249,7 @@ def relaysum_grad(learning_rate, momentum: float | None = None, nesterov: bool |
     Raises:
       ValueError: as :func:`relaysgd`.
     """
-    drop_prob = _check_common(None, drop_prob, relay_method)
+    drop_prob = _check_common(None, drop_prob, relay_method, fills=None)
     momentum, nesterov = _resolve_momentum(momentum, nesterov, optimizer)
     opt, schedule, init = _local_parts("relaysum_grad", learning_rate, momentum, nesterov, weight_decay, optimizer,
                                        weight_decay_mask, relay_method)
@@ -251,4 +271,85 @@ def relaysum_grad(learning_rate, momentum: float | None = None, nesterov: bool |
     return Algorithm("relaysum_grad", init, step, lambda s: s.params, lambda s: s.params, hp, frozenset({"tree"}))
 
 
-__all__ = ["FILLS", "RelayState", "relaysgd", "relaysum_grad", "tree_plans"]
+def relaysum_mix(learning_rate, alpha: float = 0.5, momentum: float = 0.0, nesterov: bool | None = None,
+                 weight_decay: float = 0.0, optimizer: optax.GradientTransformation | None = None,
+                 fill: str = "initial", drop_prob: float = 0.0, relay_method: str = "auto",
+                 weight_decay_mask=None) -> Algorithm:
+    """RelaySum/Mix (Vogels et al. 2021, arXiv 2110.04175; docs/algorithms.md#relaysum_mix): RelaySum for model
+    mixing with a mixing coefficient α, the authors' third variant (reference code ``algorithms.py``
+    ``relaysum_mix``, ``consensus_strength`` = α; ``paper-figures/algorithms.py`` ``relaysum_mix`` writes 1 − α).
+
+    Per step, in the reference order: ``u_i = −η D_i`` from the local optimizer at the current ``x_i`` (the model is
+    not changed by it), RelaySum (with counts) of ``v_i = α x_i + u_i`` over the tree(s) giving ``S_i`` and
+    ``C_i``, then ``x_i ← (1 − α) x_i + (S_i + (n − C_i) · f_i) / n`` with the fill
+
+    * ``"initial"`` (default): ``f = α x⁰``, the mixing part of a not-yet-arrived worker's message
+      (``paper-figures/algorithms.py``; a consensus at x⁰ is then a fixed point). α = 1 is exactly
+      :func:`relaysgd` with ``fill="initial"``, α = 0 exactly :func:`relaysum_grad`;
+    * ``"unscaled"``: ``f = x⁰``, as the training code's ``RelayMechanism`` fills (``initial_state`` = x⁰ for every
+      variant); for α < 1 it inflates the models by ``(1 − α)(n − C_i)/n · x⁰`` while the tree fills up;
+    * ``"previous"``: ``f = α x_i`` (the worker's own current model; the analogue of RelaySGD's ``"previous"``,
+      not in the reference code).
+
+    Without drops and at a constant learning rate every fixed point is a consensus on a stationary point of the
+    average objective (no heterogeneity bias). Requires a tree topology (``requires={"tree"}``).
+
+    Args:
+      learning_rate: η, float or optax schedule.
+      alpha: mixing coefficient α ∈ [0, 1] (the reference experiments use 0.5, some 0.3 / 0.32).
+      momentum: local momentum β (PyTorch convention, never relayed); default 0 (as ``paper-figures``).
+      nesterov: Nesterov momentum; default ``None`` = ``True`` whenever β > 0 (the reference SGD).
+      weight_decay: λ added to the gradient before momentum (default 0).
+      optimizer: optional optax transformation as the local optimizer; then ``momentum`` must be 0.
+      fill: ``"initial"``, ``"unscaled"`` or ``"previous"`` (above).
+      drop_prob: probability p ∈ [0, 1) that each received (message, count) pair is lost.
+      relay_method: ``"auto"``, ``"gather"`` or ``"subtract"`` (see :mod:`simdl.mixing.relay`).
+      weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
+
+    State: :class:`RelayState` as :func:`relaysgd`. ``aux["bytes_sent"]``: per worker ``Σ_t deg_t(i) · (4 D_t + 4)``
+    for float32 models (message and int32 count per tree edge, as RelaySGD).
+
+    Raises:
+      ValueError: (factory) α not a finite float in [0, 1]; invalid fill / drop_prob / relay_method / momentum /
+        optimizer settings; (init) a topology without spanning trees, or params whose worker axis does not match.
+    """
+    a = float(alpha)
+    if not 0.0 <= a <= 1.0:  # also refuses NaN
+        raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+    drop_prob = _check_common(fill, drop_prob, relay_method, MIX_FILLS)
+    momentum, nesterov = _resolve_momentum(0.0 if momentum is None else momentum, nesterov, optimizer)
+    opt, schedule, init = _local_parts("relaysum_mix", learning_rate, momentum, nesterov, weight_decay, optimizer,
+                                       weight_decay_mask, relay_method)
+
+    def step(state, grads, ctx):
+        plans = tree_plans(ctx.topology, relay_method, "relaysum_mix")
+        n = ctx.n
+        updates, opt_state = vmapped_update(opt, grads, state.opt_state, state.params)
+        x = _flatten(state.params)
+        u = _flatten(updates)
+        dtype = jnp.result_type(x.dtype, u.dtype)
+        x = x.astype(dtype)
+        values = a * x + u.astype(dtype)
+        _, outs = _relay_all(plans, values, state.relay, ctx, drop_prob, with_counts=True)
+        if fill == "previous":
+            fills = split_coordinates(a * x, len(plans))
+        else:
+            ref = state.reference[None, :].astype(dtype)
+            fills = split_coordinates(a * ref if fill == "initial" else ref, len(plans))
+        own = split_coordinates(x, len(plans))
+        new_parts = []
+        for xp, f, out in zip(own, fills, outs, strict=True):
+            c = out.counts.astype(dtype)[:, None]
+            new_parts.append((1 - a) * xp + (out.sums + (n - c) * f) / n)
+        params = _unflattener(state.params)(merge_coordinates(tuple(new_parts), x.shape[1]))
+        sent = _bytes(plans, x.shape[1], dtype.itemsize, count=True)
+        relay = tuple(RelayBuffers(*o.buffers) for o in outs)
+        return RelayState(params, opt_state, state.reference, relay), {"lr": schedule(ctx.step), "bytes_sent": sent}
+
+    hp = record_hyperparams(learning_rate=learning_rate, alpha=a, momentum=momentum, nesterov=nesterov,
+                            weight_decay=weight_decay, optimizer=optimizer, fill=fill, drop_prob=drop_prob,
+                            relay_method=relay_method)
+    return Algorithm("relaysum_mix", init, step, lambda s: s.params, lambda s: s.params, hp, frozenset({"tree"}))
+
+
+__all__ = ["FILLS", "MIX_FILLS", "RelayState", "relaysgd", "relaysum_grad", "relaysum_mix", "tree_plans"]
