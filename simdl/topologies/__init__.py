@@ -15,6 +15,7 @@ import numpy as np
 from simdl.topologies.base import Topology, check_count
 from simdl.topologies.graphs import (
     SOCIAL_NETWORK_N,
+    base_graph,
     complete,
     erdos_renyi,
     exponential,
@@ -69,6 +70,7 @@ TOPOLOGIES: dict[str, Callable[..., Topology]] = {
     "social_network": _social_network_n,
     "binary_tree": binary_tree,
     "double_binary_trees": double_binary_trees,
+    "base": base_graph,
 }
 
 
@@ -119,6 +121,7 @@ def get(name: str, n: int, lazy_weight: float = 0.0, **kw) -> Topology:
 __all__ = [
     "TOPOLOGIES",
     "Topology",
+    "base_graph",
     "binary_tree",
     "chain",
     "circulant_offsets",
