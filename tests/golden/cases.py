@@ -61,7 +61,7 @@ def single_cases():
         "sgp_one_peer": lambda: run(_digits(), A.sgp(0.1), T.one_peer_exponential(8)),
         "choco_topk_ring": lambda: run(_digits(), A.choco_sgd(0.1, compressor="top_k", compression=0.1), T.ring(8)),
         "faulty_dsgd_drop": lambda: run(_digits(), A.dsgd(0.1), T.ring(8),
-                                        faults=simdl.faults.Faults(message_drop=0.3, straggler=0.2)),
+                                        faults=simdl.faults.Faults(message_drop=0.3, straggler=0.2, lost="self")),
         "resumed_dsgd": lambda: _resumed(run),
     }
 
