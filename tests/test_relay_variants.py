@@ -315,7 +315,8 @@ def test_relaysum_mix_registry_and_hyperparams():
     assert set(MIX_FILLS) == {"initial", "unscaled", "previous"}
 
 
-@pytest.mark.parametrize("kw", [dict(alpha=-0.1), dict(alpha=1.5), dict(alpha=float("nan")), dict(fill="self"),
+@pytest.mark.parametrize("kw", [dict(alpha=-0.1), dict(alpha=1.5), dict(alpha=float("nan")), dict(alpha=None),
+                                dict(alpha="half"), dict(fill="self"),
                                 dict(fill="normalize"), dict(fill="x0"), dict(drop_prob=1.0),
                                 dict(drop_prob=-0.01), dict(relay_method="dense"), dict(momentum=1.0),
                                 dict(optimizer=optax.adam(0.1), momentum=0.9), dict(nesterov=True)])

@@ -1,9 +1,9 @@
 """RelaySGD, RelaySum/Grad and RelaySum/Mix (Vogels et al. 2021, arXiv 2110.04175;
 docs/algorithms.md#relaysum-relaysgd-relaysum_grad).
 
-Both run on the spanning tree(s) of the topology (``Topology.trees``) with the RelaySum mechanism of
-:mod:`simdl.mixing.relay`: every step each worker sends one message (and, for RelaySGD, an int32 count) per tree
-edge, and receives the sum of the values of all workers whose values have had time to arrive.
+All three run on the spanning tree(s) of the topology (``Topology.trees``) with the RelaySum mechanism of
+:mod:`simdl.mixing.relay`: every step each worker sends one message (and, for RelaySGD and RelaySum/Mix, an int32
+count) per tree edge, and receives the sum of the values of all workers whose values have had time to arrive.
 
 * **RelaySGD** (ATC): ``x^½ = x − η D`` (local Nesterov momentum by default, or any optax optimizer: Adam gives
   "Relay-Adam"); relay ``v = x^½``; ``x_i ← (S_i + (n − C_i) · x⁰) / n`` where ``x⁰`` is the common initial model
@@ -294,6 +294,11 @@ def relaysum_mix(learning_rate, alpha: float = 0.5, momentum: float = 0.0, neste
     Without drops and at a constant learning rate every fixed point is a consensus on a stationary point of the
     average objective (no heterogeneity bias). Requires a tree topology (``requires={"tree"}``).
 
+    The order is the training code's (non-overlapping communication: ``S_i`` holds this step's messages, a value
+    needs dist − 1 steps). The paper-figures simulator differs in two ways that simdl does not follow: it sums the
+    previous step's messages (one step more delay, the "overlap" form) and its momentum is an EMA
+    ``m ← β m + (1 − β) g``.
+
     Args:
       learning_rate: η, float or optax schedule.
       alpha: mixing coefficient α ∈ [0, 1] (the reference experiments use 0.5, some 0.3 / 0.32).
@@ -313,7 +318,10 @@ def relaysum_mix(learning_rate, alpha: float = 0.5, momentum: float = 0.0, neste
       ValueError: (factory) α not a finite float in [0, 1]; invalid fill / drop_prob / relay_method / momentum /
         optimizer settings; (init) a topology without spanning trees, or params whose worker axis does not match.
     """
-    a = float(alpha)
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        a = float("nan")
     if not 0.0 <= a <= 1.0:  # also refuses NaN
         raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
     drop_prob = _check_common(fill, drop_prob, relay_method, MIX_FILLS)
