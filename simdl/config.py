@@ -10,7 +10,7 @@ from typing import Any
 
 SECTIONS = ("task", "train", "run_defaults", "runs", "output", "scale")  # "scale": a top-level key (simdl.scale)
 TRAIN_KEYS = ("steps", "epochs", "batch_size", "eval_every", "seed", "mixing", "message_drop", "link_failure",
-              "straggler", "worker_batch",
+              "straggler", "message_lost", "worker_batch",
               "execution", "compute_dtype")
 RUN_KEYS = ("name", "algorithm", "topology", "topology_args")
 
