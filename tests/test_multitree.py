@@ -219,6 +219,30 @@ def test_every_ctx_mix_algorithm_gossips_per_tree():
     _check(new, state, topo.tree_weights)
 
 
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_d2_neighbour_difference_term_is_per_tree(scale):
+    """D² / Exact Diffusion mix with their own neighbour-difference tables; on a split topology they are per tree too:
+    ``scale · (W_t − I) Y`` on the coordinates of tree t."""
+    from simdl.algorithms.d2 import laplacian
+
+    topo = T.double_binary_trees(11)
+    y = _tree(11, 2)
+    mats = [scale * w + (1 - scale) * np.eye(11) for w in topo.tree_weights]
+    want = [m - np.asarray(x) for m, x in zip(ref_multi_gossip(mats, y), jax.tree_util.tree_leaves(y), strict=True)]
+    for got, w in zip(jax.tree_util.tree_leaves(laplacian(topo, y, scale)), want, strict=True):
+        np.testing.assert_allclose(np.asarray(got), w, atol=1e-6)
+    union = np.einsum("ij,j...->i...", topo.weights - np.eye(11), y["c"]) * scale
+    assert not np.allclose(np.asarray(laplacian(topo, y, scale)["c"]), union, atol=1e-3)
+
+
+def test_d2_and_exact_diffusion_run_on_double_binary_trees():
+    quad = simdl.tasks.random_quadratics(n_workers=8, dim=6, seed=2)
+    for alg in (simdl.algorithms.d2(0.05), simdl.algorithms.exact_diffusion(0.05)):
+        res = simdl.simulate(quad, alg, T.double_binary_trees(8), steps=20, eval_every=10)
+        assert res.diverged_at is None and np.isfinite(res.history["loss"][-1])
+
+
 # --------------------------------------------------------------------------- bytes
 def test_bytes_are_counted_per_tree():
     topo = T.double_binary_trees(16)

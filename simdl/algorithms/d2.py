@@ -21,6 +21,7 @@ the difference form stays at ~1e-12.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -30,6 +31,7 @@ import optax
 
 from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, record_hyperparams, tree_add
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
+from simdl.mixing import split_map
 
 D2_LAMBDA_MIN = -1.0 / 3.0
 #: λ_min within this of −1/3 counts as the boundary (accepted with a warning); below −1/3 − tol is refused.
@@ -85,19 +87,35 @@ def check_d2_spectrum(topology) -> None:
                       "exact_diffusion avoids it)", UserWarning, stacklevel=3)
 
 
+def _slot_laplacian(index, weight, scale: float, y):
+    """``scale · Σ_{j≠i} W_ij (y_j − y_i)`` of one stacked leaf from neighbour slots (slot 0 = self, skipped)."""
+    index, weight = index[:, 1:], (scale * weight[:, 1:]).astype(np.float32)
+    out = jnp.zeros_like(y)
+    bshape = (y.shape[0],) + (1,) * (y.ndim - 1)
+    for s in range(index.shape[1]):
+        w = jnp.asarray(weight[:, s], y.dtype).reshape(bshape)
+        out = out + w * (jnp.take(y, jnp.asarray(index[:, s]), axis=0) - y)
+    return out
+
+
 def laplacian(topology, tree, scale: float = 1.0):
     """``scale · (W − I) Y`` computed from neighbour differences, ``scale · Σ_{j≠i} W_ij (y_j − y_i)``.
 
     Mathematically ``W Y − Y``; computing it from differences keeps the rounding error relative to the (small)
     disagreement between neighbours instead of the model's magnitude. D²'s correction integrates this term, so the
     plain ``W Y − Y`` would drift in float32 (a systematic ~1 ulp of x per step at the fixed point). Uses shifts
-    for circulant W with at most 8 offsets, else neighbour slots; static topology (``weights_at(0)``).
+    for circulant W with at most 8 offsets, else neighbour slots; static topology (``weights_at(0)``). A split
+    topology (double binary trees) uses tree t's matrix on coordinates ``k mod T = t``
+    (:func:`simdl.mixing.split_map`), like ``ctx.mix`` and the RelaySGD authors' D² baseline.
 
     Args:
       topology: a static :class:`simdl.topologies.Topology`.
       tree: stacked pytree, leading axis n.
       scale: multiplies W's off-diagonal weights (0.5 for ``(I + W)/2``).
     """
+    if topology.is_split:
+        return split_map([partial(_slot_laplacian, *topology.tree_neighbor_slots(t), scale)
+                          for t in range(len(topology.tree_weights))], tree)
     circ = topology.circulant_offsets(0)
     if circ is not None and len(circ) <= 8:
         terms = [(o, scale * c) for o, c in circ if o != 0]
@@ -110,17 +128,7 @@ def laplacian(topology, tree, scale: float = 1.0):
 
         return jax.tree_util.tree_map(one, tree)
     index, weight = topology.neighbor_slots(0)
-    index, weight = index[:, 1:], (scale * weight[:, 1:]).astype(np.float32)
-
-    def one_slots(y):
-        out = jnp.zeros_like(y)
-        bshape = (y.shape[0],) + (1,) * (y.ndim - 1)
-        for s in range(index.shape[1]):
-            w = jnp.asarray(weight[:, s], y.dtype).reshape(bshape)
-            out = out + w * (jnp.take(y, jnp.asarray(index[:, s]), axis=0) - y)
-        return out
-
-    return jax.tree_util.tree_map(one_slots, tree)
+    return jax.tree_util.tree_map(partial(_slot_laplacian, index, weight, scale), tree)
 
 
 def _d2_family(name: str, learning_rate, half_mix: bool, momentum: float, nesterov: bool, weight_decay: float,
