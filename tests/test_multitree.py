@@ -140,6 +140,15 @@ def test_custom_per_tree_weights_and_bad_values():
     np.testing.assert_allclose(topo.weights, (lazy_pair[0] + lazy_pair[1]) / 2)
     uni = T.double_binary_trees(6, weights="uniform")
     np.testing.assert_allclose(uni.tree_weights[0], T.uniform_weights(uni.trees[0]))
+    assert topo.is_doubly_stochastic and base.is_symmetric
+    # row-stochastic per-tree matrices (each worker splits evenly over itself and its tree neighbours) are not
+    # doubly stochastic: the property looks at the trees' matrices, not only at the union's
+    lop = []
+    for t in base.trees:
+        a = nx.to_numpy_array(t, nodelist=range(6)) + np.eye(6)
+        lop.append(a / a.sum(axis=1, keepdims=True))
+    skew = T.double_binary_trees(6, weights=lop)
+    assert not skew.is_doubly_stochastic and not skew.is_symmetric
     cases = [
         (lambda: T.double_binary_trees(6, weights=np.eye(6)), r"pair of \(6, 6\) arrays"),
         (lambda: T.double_binary_trees(6, weights="nope"), "unknown weights scheme"),

@@ -274,13 +274,15 @@ class Topology:
 
     @cached_property
     def is_symmetric(self) -> bool:
-        """Whether every matrix of the period is symmetric (to 1e-12)."""
-        return all(spectral.is_symmetric(w) for w in self.period_weights)
+        """Whether every matrix of the period (and every ``tree_weights`` matrix) is symmetric (to 1e-12)."""
+        return all(spectral.is_symmetric(w) for w in self.period_weights + (self.tree_weights or ()))
 
     @cached_property
     def is_doubly_stochastic(self) -> bool:
-        """Whether every matrix of the period also has columns summing to 1 (to 1e-8)."""
-        return all(np.max(np.abs(w.sum(axis=0) - 1.0)) <= DOUBLY_STOCHASTIC_TOL for w in self.period_weights)
+        """Whether every matrix of the period (and every ``tree_weights`` matrix) also has columns summing to 1
+        (to 1e-8)."""
+        return all(np.max(np.abs(w.sum(axis=0) - 1.0)) <= DOUBLY_STOCHASTIC_TOL
+                   for w in self.period_weights + (self.tree_weights or ()))
 
     # ----------------------------------------------------------------- layouts for mixing kernels
     @cached_property
