@@ -1,5 +1,9 @@
 """The golden runs: a fixed set of small simulations whose histories were recorded before the runtime redesign
-(``python tests/golden/cases.py record`` writes ``histories.npz``) and must be reproduced by the current code.
+(``python tests/golden/cases.py record`` writes ``histories-<isa>.npz``) and must be reproduced by the current code.
+
+XLA:CPU generates different vector code for different instruction sets (AVX-512 against AVX2), which changes the
+last bits of reductions, so a history is bit-identical only on the instruction set it was recorded on: one store per
+instruction set (:func:`isa`), each recorded from the same pre-redesign commit (7893301).
 
 One run per algorithm family, a batched sweep, a faulty run, a checkpointed-and-resumed run, and (in a child
 process with 8 virtual CPU devices) a sharded run. Only the public API is used, so the cases survive refactors.
@@ -15,7 +19,18 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-STORE = HERE / "histories.npz"
+
+
+def isa() -> str:
+    """``"avx512"`` if the CPU has AVX-512F, ``"avx2"`` if it has AVX2, else ``"other"`` (from /proc/cpuinfo)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "other"
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+
+
+STORE = HERE / f"histories-{isa()}.npz"
 STEPS, EVAL = 24, 8
 
 
