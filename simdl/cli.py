@@ -31,9 +31,9 @@ config layout (TOML; every key can be overridden with --set section.key=value):
                   is zeroed); gossip faults need an algorithm that mixes via ctx.mix (dsgd, qg_dsgdm, ...)
   [run_defaults]  keys applied to every run
   [[runs]]        one table per run: algorithm, topology (ring | chain | torus | complete | star | hypercube |
-                  exponential | one_peer_exponential | erdos_renyi | social_network | binary_tree |
-                  double_binary_trees), topology_args (table), name, and the algorithm's hyperparameters
-                  (learning_rate, momentum, nesterov, weight_decay, local_steps, ...) and the recipes of
+                  exponential | one_peer_exponential | base | erdos_renyi | social_network | binary_tree |
+                  double_binary_trees), topology_args (table, e.g. base: {k = 2}), name, and the algorithm's
+                  hyperparameters (learning_rate, momentum, nesterov, weight_decay, local_steps, ...) and the recipes of
                   simdl.recipes: schedule = {kind = "warmup_multistep", warmup_epochs = 5, milestones = [0.5, 0.75],
                   decay = 0.1} (kinds: constant | warmup_multistep | warmup_cosine), lr_scaling = "linear" | "sqrt"
                   (or {rule = ..., base_batch = 64}), decay_norm = false (no weight decay on norms/biases),
@@ -217,6 +217,7 @@ def select_runs(runs: list[dict], selection: str | None) -> list[dict]:
 
 def cmd_list() -> int:
     import simdl
+    from simdl.catalog import default_rows, format_text
     from simdl.data import DATASETS
     from simdl.models import MODELS
     from simdl.tasks.classification import PARTITIONS
@@ -226,6 +227,9 @@ def cmd_list() -> int:
     print("datasets:   ", ", ".join((*DATASETS, "synthetic (FedProx, partition natural)")))
     print("models:     ", ", ".join(sorted(MODELS)))
     print("partitions: ", ", ".join(PARTITIONS))
+    print("\nalgorithm defaults (from the factories' signatures; '—' = no such argument, '(auto)' = a None default "
+          "resolved by the factory):")
+    print(format_text(default_rows()))
     return 0
 
 
