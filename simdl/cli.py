@@ -19,7 +19,8 @@ EPILOG_RUN = """\
 config layout (TOML; every key can be overridden with --set section.key=value):
   [task]          dataset ("digits" | mnist | fashion_mnist | cifar10 | cifar100 | emnist), model (mlp | cnn | ...),
                   n_workers, partition (iid | dirichlet | shards), alpha (Dirichlet α > 0),
-                  classes_per_worker (shards), seed  -- or kind = "random_quadratics" with dim, mu, L, zeta2, r0, noise
+                  classes_per_worker (shards), seed  -- or kind = "random_quadratics" with dim, mu, L, zeta2, r0, noise,
+                  convention ("half" | "relaysgd": objective without the 1/2, noise sigma/sqrt(dim) per coordinate)
   [train]         steps (or epochs: steps = epochs * ceil(shard / batch)), batch_size (per worker), eval_every,
                   seed, mixing (auto | dense | sparse | shift | mean),
                   worker_batch (compute gradients k workers at a time to bound memory; see --memory),
@@ -28,7 +29,9 @@ config layout (TOML; every key can be overridden with --set section.key=value):
                   optimizer state, mixing and metrics stay float32),
                   simulated faults (per-step probabilities, default 0; see simdl.faults): message_drop (each gossip
                   message lost), link_failure (each edge down, both directions), straggler (a worker's gradient
-                  is zeroed); gossip faults need an algorithm that mixes via ctx.mix (dsgd, qg_dsgdm, ...)
+                  is zeroed), message_lost ("renormalize" (default): a receiver averages over the messages it got
+                  | "self": the lost weight stays on its own model); gossip faults need an algorithm that mixes
+                  via ctx.mix (dsgd, qg_dsgdm, ...)
   [run_defaults]  keys applied to every run
   [[runs]]        one table per run: algorithm, topology (ring | chain | torus | complete | star | hypercube |
                   exponential | one_peer_exponential | base | erdos_renyi | social_network | binary_tree |
