@@ -46,20 +46,25 @@ each tree's message ``j → i`` is a message of its own and is dropped independe
 ``GossipMechanism`` per tree), renormalised over that tree's row; a failed link ``{i, j}`` fails on every tree that
 uses it.
 
-Gossip faults (``message_drop``, ``link_failure``) act on ``Context.mix``; algorithms that do not gossip through it
-are refused (:func:`check_algorithm`): ``relaysgd`` and ``relaysum_grad`` (tree relays with their own
-``drop_prob`` option), ``d2`` and ``exact_diffusion`` (their own neighbour-difference tables), ``allreduce``,
-``local_sgd``, ``model_averaging_clr`` and ``dynamic_averaging`` (exact averages, no gossip). ``sgp`` (push-sum)
-is supported for ``message_drop`` with ``lost="renormalize"`` when it mixes through ``ctx.mix``
-(``push_weights="topology"``, one round per step on a time-varying graph): the receiver renormalises the pair
-(numerator, weight) over what it received, so ``z_i = Σ_recv P_ij x_j / Σ_recv P_ij w_j``; with ``w = 1`` and a
-doubly stochastic P (the one-peer exponential graph) this is the authors' ``push_sum`` with drops (a worker whose
-message was lost keeps its own model). It is refused with ``link_failure`` or ``lost="self"``, which move weight
-onto the receiver and break the column-stochastic push. Supported: ``dsgd``, ``dpsgd``, ``cdsgd``, ``cdmsgd``,
-``qg_dsgdm``, ``qg_adam``, ``choco_sgd``, ``gradient_tracking``, ``sgp`` (as above) and any user algorithm that
-mixes with ``ctx.mix``. Note that gradient tracking's invariant (worker mean of the correction = 0) needs a doubly
-stochastic ``W'_t``: it survives link failures on a symmetric W but not message drops. Straggler faults work with
-every algorithm.
+Gossip faults (``message_drop``, ``link_failure``) act on the runtime's communication channel, ``Context.mix``
+(``W'_t X``) and ``Context.mix_delta`` (``(W'_t − I) X`` from neighbour differences, which ``d2`` and
+``exact_diffusion`` integrate; exact diffusion uses ``(I + W'_t)/2``). Algorithms that communicate otherwise are
+refused (:func:`check_algorithm`): ``relaysgd``, ``relaysum_grad`` and ``relaysum_mix`` (tree relays with their own
+``drop_prob`` option), ``allreduce``, ``local_sgd``, ``model_averaging_clr`` and ``dynamic_averaging`` (exact
+averages, no gossip). D² and exact diffusion keep their rule with ``W'_t`` in place of W, as the RelaySGD authors'
+D² baseline does under drops (``algorithms.py``, ``d2``: ``y = x + u + c``, one faulty ``gossip_update``,
+``c ← mixed − x − u``): the correction integrates exactly what was mixed. Their exactness needs a doubly stochastic
+``W'_t``, which link failures on a symmetric W keep and message drops do not. ``sgp`` (push-sum) is supported for
+``message_drop`` with ``lost="renormalize"`` when it mixes through ``ctx.mix`` (``push_weights="topology"``, one
+round per step on a time-varying graph): the receiver renormalises the pair (numerator, weight) over what it
+received, so ``z_i = Σ_recv P_ij x_j / Σ_recv P_ij w_j``; with ``w = 1`` and a doubly stochastic P (the one-peer
+exponential graph) this is the authors' ``push_sum`` with drops (a worker whose message was lost keeps its own
+model). It is refused with ``link_failure`` or ``lost="self"``, which move weight onto the receiver and break the
+column-stochastic push. Supported: ``dsgd``, ``dpsgd``, ``cdsgd``, ``cdmsgd``, ``qg_dsgdm``, ``qg_adam``,
+``choco_sgd``, ``gradient_tracking``, ``d2``, ``exact_diffusion``, ``sgp`` (as above) and any user algorithm that
+communicates with ``ctx.mix`` or ``ctx.mix_delta``. Note that gradient tracking's invariant (worker mean of the
+correction = 0) needs a doubly stochastic ``W'_t`` too: it survives link failures on a symmetric W but not message
+drops. Straggler faults work with every algorithm.
 
 Accounting: ``bytes_per_worker`` still counts every attempted send (a lost message was sent). With faults the history
 gains cumulative counters (mean over workers): ``messages_lost`` (incoming messages lost, gossip faults) and
@@ -69,6 +74,7 @@ gains cumulative counters (mean over workers): ``messages_lost`` (incoming messa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -76,6 +82,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simdl.mixing.dense import dense_mix
+from simdl.mixing.difference import slot_difference
 from simdl.mixing.mixer import split_map
 from simdl.mixing.sparse import sparse_mix
 
@@ -99,13 +106,13 @@ REFUSED = {"sgp": "push-sum (SGP) needs column-stochastic push matrices; a faile
 
 #: Why some built-ins do not mix through ``ctx.mix`` (added to the refusal message).
 _HINTS = {"relaysgd": "use its drop_prob option for lost messages", "relaysum_grad": "use its drop_prob option",
-          "d2": "it mixes with its own neighbour-difference tables", "exact_diffusion": "it mixes with its own "
-          "neighbour-difference tables", "allreduce": "it averages exactly", "local_sgd": "it averages exactly",
+          "relaysum_mix": "use its drop_prob option",
+          "allreduce": "it averages exactly", "local_sgd": "it averages exactly",
           "model_averaging_clr": "it averages exactly", "dynamic_averaging": "it averages exactly via a coordinator",
           "sgp": "message drops need push_weights='topology' and rounds=1 on a time-varying graph"}
 
 GOSSIP_FAULT_ALGORITHMS = ("dsgd", "dpsgd", "cdsgd", "cdmsgd", "qg_dsgdm", "qg_adam", "choco_sgd",
-                           "gradient_tracking", "sgp")
+                           "gradient_tracking", "d2", "exact_diffusion", "sgp")
 
 
 class Faults(NamedTuple):
@@ -369,6 +376,26 @@ class FaultyGossip:
         return sparse_mix(index, weight, tree)
 
 
+    def difference(self, tree, step, u, scale: float = 1.0):
+        """``scale · (W'_t − I) X`` from neighbour differences, ``scale · Σ_{j≠i} W'_t[i, j] (x_j − x_i)`` (the faulty
+        counterpart of :func:`simdl.mixing.neighbor_difference`, for :meth:`simdl.algorithms.Context.mix_delta`).
+        Dense graphs (:attr:`dense`) use ``scale · (W'_t X − X)`` instead of ``k`` slot gathers."""
+        if self.dense:
+            m = self.matrix(u, step)
+
+            def dense(mt, y):
+                return jnp.asarray(scale, y.dtype) * (dense_mix(mt, y) - y)
+
+            if self.parts > 1:
+                return split_map([partial(dense, m[t]) for t in range(self.parts)], tree)
+            return jax.tree_util.tree_map(partial(dense, m), tree)
+        index, weight = self.slots(u, step)
+        if self.parts > 1:
+            return split_map([partial(slot_difference, index[t], weight[t], scale=scale)
+                              for t in range(self.parts)], tree)
+        return jax.tree_util.tree_map(partial(slot_difference, index, weight, scale=scale), tree)
+
+
 def faulty_gossip(topology, faults: Faults) -> FaultyGossip:
     """Build the :class:`FaultyGossip` of ``topology`` (static or time-varying; split: one table per tree) for
     ``faults``."""
@@ -417,11 +444,12 @@ class Injector:
         return u[:m], u[m:]
 
     def __call__(self, grads, mix, step, alg_key):
-        """``(grads, mix, counters)`` for global step ``step``: stragglers' gradients zeroed, ``mix(tree)`` replaced
-        by the faulty ``W'_t`` (when gossip faults are on), and the per-worker float32 ``(n,)`` counters
-        ``straggler_steps`` / ``messages_lost`` of this step."""
+        """``(grads, mix, difference, counters)`` for global step ``step``: stragglers' gradients zeroed,
+        ``mix(tree)`` replaced by the faulty ``W'_t`` and ``difference(tree, scale) = scale · (W'_t − I) tree``
+        (:attr:`simdl.algorithms.Context.difference`; ``None`` when gossip faults are off), and the per-worker
+        float32 ``(n,)`` counters ``straggler_steps`` / ``messages_lost`` of this step."""
         us, ug = self.uniforms(alg_key, step)
-        counters = {}
+        counters, difference = {}, None
         if self.faults.straggler > 0:
             working = straggler_mask(us, self.faults.straggler)
             grads = zero_stragglers(grads, working)
@@ -429,8 +457,9 @@ class Injector:
         if self.gossip is not None:
             gossip = self.gossip
             mix = lambda tree: gossip(tree, step, ug)  # noqa: E731
+            difference = lambda tree, scale=1.0: gossip.difference(tree, step, ug, scale)  # noqa: E731
             counters["messages_lost"] = gossip.lost(ug, step)
-        return grads, mix, counters
+        return grads, mix, difference, counters
 
 
 def injector(faults, topology) -> Injector | None:
@@ -443,11 +472,11 @@ def injector(faults, topology) -> Injector | None:
 
 
 def check_algorithm(faults, algorithm, topology, task) -> None:
-    """Refuse gossip faults for an algorithm that does not mix through ``ctx.mix`` (or is listed in :data:`REFUSED`;
-    ``sgp`` only with ``link_failure`` or ``lost="self"``).
+    """Refuse gossip faults for an algorithm that does not mix through ``ctx.mix`` / ``ctx.mix_delta`` (or is listed
+    in :data:`REFUSED`; ``sgp`` only with ``link_failure`` or ``lost="self"``).
 
     Traces ``algorithm.init`` and one ``algorithm.step`` abstractly (``jax.eval_shape``: nothing is compiled or
-    computed) with a ``ctx.mix`` that records whether it was called.
+    computed) with a ``ctx.mix`` and ``ctx.mix_delta`` that record whether they were called.
 
     Raises:
       ValueError: gossip faults requested for such an algorithm; the message says why and lists the supported ones.
@@ -458,7 +487,8 @@ def check_algorithm(faults, algorithm, topology, task) -> None:
     from simdl.algorithms.base import Context
 
     requested = ", ".join(k for k in ("message_drop", "link_failure") if getattr(f, k) > 0)
-    supported = f"gossip faults work with {', '.join(GOSSIP_FAULT_ALGORITHMS)} and any algorithm mixing via ctx.mix"
+    supported = (f"gossip faults work with {', '.join(GOSSIP_FAULT_ALGORITHMS)} and any algorithm mixing via ctx.mix "
+                 "or ctx.mix_delta")
     sgp_ok = f.link_failure == 0 and f.lost == "renormalize"
     if algorithm.name in REFUSED and not (algorithm.name == "sgp" and sgp_ok):
         if f.lost == "self" and f.link_failure == 0:
@@ -471,6 +501,10 @@ def check_algorithm(faults, algorithm, topology, task) -> None:
         calls.append(1)
         return tree
 
+    def record_difference(tree, scale=1.0):
+        calls.append(1)
+        return tree
+
     n = task.n_workers
     weights = np.asarray(task.worker_weights, np.float64)
 
@@ -480,10 +514,11 @@ def check_algorithm(faults, algorithm, topology, task) -> None:
         key = jax.random.PRNGKey(0)
         state = algorithm.init(stacked, Context(jnp.int32(0), key, topology, lambda t: t, weights))
         calls.clear()
-        return algorithm.step(state, algorithm.query(state), Context(jnp.int32(0), key, topology, record, weights))
+        ctx = Context(jnp.int32(0), key, topology, record, weights, record_difference)
+        return algorithm.step(state, algorithm.query(state), ctx)
 
     jax.eval_shape(trace)
     if not calls:
         extra = f" ({_HINTS[algorithm.name]})" if algorithm.name in _HINTS else ""
         raise ValueError(f"{requested} cannot be simulated for {algorithm.name}: it does not gossip through "
-                         f"ctx.mix{extra}; {supported}")
+                         f"ctx.mix or ctx.mix_delta{extra}; {supported}")

@@ -187,8 +187,9 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
     """One simulated step ``(state, t, data, worker_keys, alg_key, hp) -> (state, mean_loss, aux)``, vectorized
     over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace, so hyperparameters ``hp`` may be traced
     (batched runs); for a single run it ignores ``hp``. ``faults`` (:mod:`simdl.faults`) zeroes stragglers' gradients
-    and replaces ``ctx.mix`` by the step's faulty mixing; its counters join ``aux``. ``compute_dtype``: dtype of the
-    per-worker forward/backward passes (:func:`per_worker_grads`); the state, gradients and mixing stay float32."""
+    and replaces ``ctx.mix`` / ``ctx.mix_delta`` by the step's faulty mixing; its counters join ``aux``.
+    ``compute_dtype``: dtype of the per-worker forward/backward passes (:func:`per_worker_grads`); the state,
+    gradients and mixing stay float32."""
     n = task.n_workers
     inject = injector(faults, topology)
     workers = jnp.arange(n)
@@ -200,10 +201,10 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
         algorithm = algorithm_fn(hp)
         batch = sample_fn(data, worker_keys, workers, t, batch_size)
         losses, grads = grad_fn(algorithm.query(state), batch)
-        mix, counters = partial(mixer, step=t), {}
+        mix, difference, counters = partial(mixer, step=t), None, {}
         if inject is not None:
-            grads, mix, counters = inject(grads, mix, t, alg_key)
-        ctx = Context(t, jax.random.fold_in(alg_key, t), topology, mix, weights)
+            grads, mix, difference, counters = inject(grads, mix, t, alg_key)
+        ctx = Context(t, jax.random.fold_in(alg_key, t), topology, mix, weights, difference)
         state, aux = algorithm.step(state, grads, ctx)
         return state, jnp.mean(losses), {**aux, **counters}
 

@@ -278,7 +278,6 @@ def test_dense_path_for_high_degree_graphs(quad):
 
 @pytest.mark.parametrize("name,topo,needle", [
     ("relaysgd", T.chain(8), "drop_prob"),
-    ("d2", T.lazy(T.ring(8), 0.1), "own neighbour-difference"),
     ("sgp", T.one_peer_exponential(8), "rounds=1"),
     ("allreduce", T.complete(8), "averages exactly"),
     ("local_sgd", T.complete(8), "ctx.mix"),

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from simdl.mixing.difference import neighbor_difference
 from simdl.mixing.mixer import split_gossip_bytes
 
 PyTree = Any
@@ -26,6 +27,8 @@ class Context(NamedTuple):
       mix: ``mix(tree) -> W_t @ tree`` along the worker axis (the step's mixing matrix, fp32-exact).
       worker_weights: static ``(n,)`` float64 numpy array, each worker's share of the training data (sums to 1);
         used by size-weighted averaging (FedAvg, Xu 2018).
+      difference: ``difference(tree, scale) -> scale · (W_t − I) @ tree`` when the runner overrides it (gossip
+        faults: the step's faulty ``W'_t``); ``None`` (default) = the topology's static W, see :meth:`mix_delta`.
     """
 
     step: jax.Array
@@ -33,10 +36,25 @@ class Context(NamedTuple):
     topology: Any
     mix: Callable[[PyTree], PyTree]
     worker_weights: np.ndarray
+    difference: Callable[[PyTree, float], PyTree] | None = None
 
     @property
     def n(self) -> int:
         return self.topology.n
+
+    def mix_delta(self, tree: PyTree, scale: float = 1.0) -> PyTree:
+        """``scale · (W_t − I) @ tree`` along the worker axis, from neighbour differences
+        ``scale · Σ_{j≠i} W_ij (y_j − y_i)`` (same shapes and dtypes).
+
+        Equal to ``mix(tree) − tree`` (times ``scale``) in exact arithmetic, with rounding relative to the
+        neighbours' disagreement rather than the models' magnitude; bias-corrected gossip (D², exact diffusion)
+        integrates it. ``scale = 0.5`` gives ``((I + W)/2 − I) @ tree``. Without an override (:attr:`difference`)
+        it uses the static topology's W (:func:`simdl.mixing.neighbor_difference`); under gossip faults the runner
+        supplies the step's faulty ``W'_t``, so faults reach every algorithm that communicates through ``ctx``.
+        """
+        if self.difference is not None:
+            return self.difference(tree, scale)
+        return neighbor_difference(self.topology, tree, scale)
 
 
 class Algorithm(NamedTuple):

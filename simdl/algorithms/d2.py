@@ -21,7 +21,6 @@ the difference form stays at ~1e-12.
 from __future__ import annotations
 
 import warnings
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -31,7 +30,7 @@ import optax
 
 from simdl.algorithms.base import Algorithm, as_schedule, gossip_bytes, record_hyperparams, tree_add
 from simdl.algorithms.local import local_optimizer, vmapped_init, vmapped_update
-from simdl.mixing import split_map
+from simdl.mixing import neighbor_difference
 
 D2_LAMBDA_MIN = -1.0 / 3.0
 #: λ_min within this of −1/3 counts as the boundary (accepted with a warning); below −1/3 − tol is refused.
@@ -54,15 +53,18 @@ class D2State(NamedTuple):
 
 
 def check_doubly_stochastic(topology, name: str) -> None:
-    """Raise ValueError unless every mixing matrix of ``topology``'s period has columns summing to 1 (to 1e-8).
+    """Raise ValueError unless every mixing matrix of ``topology``'s period (of each tree, when split) has columns
+    summing to 1 (to 1e-8).
 
     Mean-preserving corrections (D², Exact Diffusion, gradient tracking) need ``1ᵀ W = 1ᵀ``.
     """
-    for s, w in enumerate(topology.period_weights):
+    mats = topology.tree_weights if topology.is_split else topology.period_weights
+    what = "tree" if topology.is_split else "step"
+    for s, w in enumerate(mats):
         cols = np.asarray(w).sum(axis=0)
         worst = int(np.argmax(np.abs(cols - 1.0)))
         if abs(cols[worst] - 1.0) > STOCHASTIC_TOL:
-            raise ValueError(f"{name} needs a doubly stochastic mixing matrix, but {topology.name} (step {s}) has "
+            raise ValueError(f"{name} needs a doubly stochastic mixing matrix, but {topology.name} ({what} {s}) has "
                              f"column {worst} summing to {float(cols[worst])!r}; use symmetric weights such as "
                              "'metropolis'")
 
@@ -87,48 +89,10 @@ def check_d2_spectrum(topology) -> None:
                       "exact_diffusion avoids it)", UserWarning, stacklevel=3)
 
 
-def _slot_laplacian(index, weight, scale: float, y):
-    """``scale · Σ_{j≠i} W_ij (y_j − y_i)`` of one stacked leaf from neighbour slots (slot 0 = self, skipped)."""
-    index, weight = index[:, 1:], (scale * weight[:, 1:]).astype(np.float32)
-    out = jnp.zeros_like(y)
-    bshape = (y.shape[0],) + (1,) * (y.ndim - 1)
-    for s in range(index.shape[1]):
-        w = jnp.asarray(weight[:, s], y.dtype).reshape(bshape)
-        out = out + w * (jnp.take(y, jnp.asarray(index[:, s]), axis=0) - y)
-    return out
-
-
 def laplacian(topology, tree, scale: float = 1.0):
-    """``scale · (W − I) Y`` computed from neighbour differences, ``scale · Σ_{j≠i} W_ij (y_j − y_i)``.
-
-    Mathematically ``W Y − Y``; computing it from differences keeps the rounding error relative to the (small)
-    disagreement between neighbours instead of the model's magnitude. D²'s correction integrates this term, so the
-    plain ``W Y − Y`` would drift in float32 (a systematic ~1 ulp of x per step at the fixed point). Uses shifts
-    for circulant W with at most 8 offsets, else neighbour slots; static topology (``weights_at(0)``). A split
-    topology (double binary trees) uses tree t's matrix on coordinates ``k mod T = t``
-    (:func:`simdl.mixing.split_map`), like ``ctx.mix`` and the RelaySGD authors' D² baseline.
-
-    Args:
-      topology: a static :class:`simdl.topologies.Topology`.
-      tree: stacked pytree, leading axis n.
-      scale: multiplies W's off-diagonal weights (0.5 for ``(I + W)/2``).
-    """
-    if topology.is_split:
-        return split_map([partial(_slot_laplacian, *topology.tree_neighbor_slots(t), scale)
-                          for t in range(len(topology.tree_weights))], tree)
-    circ = topology.circulant_offsets(0)
-    if circ is not None and len(circ) <= 8:
-        terms = [(o, scale * c) for o, c in circ if o != 0]
-
-        def one(y):
-            out = jnp.zeros_like(y)
-            for o, c in terms:
-                out = out + jnp.asarray(c, y.dtype) * (jnp.roll(y, -o, axis=0) - y)
-            return out
-
-        return jax.tree_util.tree_map(one, tree)
-    index, weight = topology.neighbor_slots(0)
-    return jax.tree_util.tree_map(partial(_slot_laplacian, index, weight, scale), tree)
+    """``scale · (W − I) Y`` of a static topology from neighbour differences (:func:`simdl.mixing.neighbor_difference`;
+    the step itself uses :meth:`simdl.algorithms.Context.mix_delta`, which gossip faults can override)."""
+    return neighbor_difference(topology, tree, scale)
 
 
 def _d2_family(name: str, learning_rate, half_mix: bool, momentum: float, nesterov: bool, weight_decay: float,
@@ -148,7 +112,7 @@ def _d2_family(name: str, learning_rate, half_mix: bool, momentum: float, nester
         x = state.params
         updates, opt_state = vmapped_update(opt, grads, state.opt_state, x)
         y = tree_add(tree_add(x, updates), state.correction)
-        lap = laplacian(ctx.topology, y, scale)  # (W̃ − I) Y from neighbour differences
+        lap = ctx.mix_delta(y, scale)  # (W̃ − I) Y from neighbour differences (W'_t under gossip faults)
         new = tree_add(y, lap)  # W̃ Y
         corr = tree_add(state.correction, lap)  # = X_{t+1} − X_t − U_t
         return D2State(new, corr, opt_state), {"lr": schedule(ctx.step), "bytes_sent": gossip_bytes(ctx, x)}
