@@ -172,23 +172,42 @@ def _build_run(run: dict, task, train: dict):
     return topo, alg
 
 
+def _momentum_label(r: dict) -> str | None:
+    """``0.9 Nesterov`` / ``0.9 heavy-ball`` / ``0 (SGD)`` from a summary row's ``momentum`` and ``nesterov``."""
+    m = r.get("momentum")
+    if m is None:
+        return None
+    if not m:
+        return "0 (SGD)"
+    return f"{m:g} {'Nesterov' if r.get('nesterov') else 'heavy-ball'}"
+
+
 def _print_table(rows: list[dict], file=None) -> None:
+    """Print summary rows as a table. A metric given as ``<key>_mean`` / ``<key>_std`` (``simdl run`` over seeds)
+    prints as ``mean ± std`` (std over seeds, ddof=1; the mean alone for one seed); a plain ``<key>`` as its value."""
     file = file or sys.stdout
-    cols = [("run", "name", "{}"), ("status", "status", "{}"), ("acc(x̄)", "avg_model_accuracy", "{:.4f}"),
+    cols = [("run", "name", "{}"), ("status", "status", "{}"), ("momentum", "momentum_label", "{}"),
+            ("seeds", "n_seeds", "{}"), ("acc(x̄)", "avg_model_accuracy", "{:.4f}"),
             ("acc mean", "worker_accuracy_mean", "{:.4f}"), ("acc min", "worker_accuracy_min", "{:.4f}"),
             ("f(x̄)", "avg_model_loss", "{:.4g}"), ("f−f*", "suboptimality", "{:.3g}"),
             ("Ξ²", "consensus_distance", "{:.3g}"), ("MB/worker", "bytes_per_worker", "{:.2f}"),
             ("time s", "wall_time_s", "{:.1f}")]
-    cols = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
-    cells = []
-    for r in rows:
-        line = []
-        for _, key, fmt in cols:
-            v = r.get(key)
-            if key == "bytes_per_worker" and v is not None:
-                v = v / 1e6
-            line.append("-" if v is None else fmt.format(v))
-        cells.append(line)
+    rows = [{**r, "momentum_label": _momentum_label(r),
+             "n_seeds": len(str(r["seeds"]).split()) if r.get("seeds") not in (None, "") else None} for r in rows]
+
+    def value(r, key, fmt):
+        if r.get(f"{key}_mean") is not None:
+            std = r.get(f"{key}_std")
+            return fmt.format(r[f"{key}_mean"]) + ("" if std is None else " ± " + fmt.format(std))
+        v = r.get(key)
+        if key == "bytes_per_worker" and v is not None:
+            v = v / 1e6
+        return None if v is None else fmt.format(v)
+
+    cells = [[value(r, key, fmt) for _, key, fmt in cols] for r in rows]
+    keep = [i for i in range(len(cols)) if any(c[i] is not None for c in cells)]
+    cols = [cols[i] for i in keep]
+    cells = [["-" if c[i] is None else c[i] for i in keep] for c in cells]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _, _) in enumerate(cols)]
     print("  ".join(h.ljust(w) for (h, _, _), w in zip(cols, widths, strict=True)), file=file)
     print("  ".join("-" * w for w in widths), file=file)
@@ -237,6 +256,7 @@ def cmd_list() -> int:
 
 
 def cmd_run(args) -> int:
+    from simdl.config import train_seeds
     from simdl.scale import apply_scale
 
     check_out(args.out)
@@ -249,6 +269,7 @@ def cmd_run(args) -> int:
     unknown = sorted(set(cfg.get("train", {})) - set(TRAIN_KEYS))
     if unknown:
         raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
+    seeds = train_seeds(cfg.get("train", {}))  # every row runs over these seeds, batched into one program
     train.update(cfg.get("train", {}))
     runs = select_runs(expand_runs(cfg), args.runs)
 
@@ -257,7 +278,7 @@ def cmd_run(args) -> int:
     import simdl
     from simdl.plots import plot_runs
     from simdl.recipes import resolve_train
-    from simdl.results import run_strategy, summary_rows, write_outputs
+    from simdl.results import combine_seeds, run_strategy, summary_rows, write_outputs
     from simdl.simulate import validate
 
     # Everything that can be checked is checked before the first compilation.
@@ -314,6 +335,9 @@ def cmd_run(args) -> int:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=train["steps"] * len(todo), unit="step", desc="simdl", dynamic_ncols=True)
+    sim_kw = {"steps": train["steps"], "batch_size": train["batch_size"], "eval_every": train["eval_every"],
+              "mixing": train["mixing"], "faults": faults, "worker_batch": wb, "execution": train["execution"],
+              "compute_dtype": train["compute_dtype"]}
     try:
         for (run, topo, alg), rid in zip(built, ids, strict=True):
             if store.done(rid):
@@ -322,37 +346,51 @@ def cmd_run(args) -> int:
             if bar is not None:
                 bar.set_description(run["name"])
             last = [0]
-            tb = None if tb_writer is None else tb_writer(args.tensorboard, run["name"])
+            tbs = [] if tb_writer is None else [
+                tb_writer(args.tensorboard, run["name"] if len(seeds) == 1 else f"{run['name']}/seed{s}")
+                for s in seeds]
 
-            def progress(step, row, last=last, tb=tb):
+            def progress(step, rows, last=last, tbs=tbs):
                 if bar is not None:
                     bar.update(step - last[0])
                     last[0] = step
-                if tb is not None:
-                    tb.add_row(row)
+                if tbs:
+                    for tb, row in zip(tbs, rows if isinstance(rows, list) else [rows], strict=True):
+                        if row is not None:
+                            tb.add_row(row)
 
             t0 = time.perf_counter()
             try:
-                res = simdl.simulate(task, alg, topo, steps=train["steps"], batch_size=train["batch_size"],
-                                     seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
-                                     callback=progress, faults=faults, worker_batch=wb,
-                                 execution=train["execution"], compute_dtype=train["compute_dtype"])
+                if len(seeds) == 1:
+                    results = [simdl.simulate(task, alg, topo, seed=seeds[0], callback=progress, **sim_kw)]
+                else:  # the seeds of one row: one compiled program, vmapped over a run axis (simdl.batch)
+                    results = simdl.simulate_batch([task] * len(seeds), lambda hp, alg=alg: alg,
+                                                   [{}] * len(seeds), topo, seeds=seeds, callback=progress, **sim_kw)
             finally:
-                if tb is not None:
+                for tb in tbs:
                     tb.close()
             if bar is not None:
                 bar.update(train["steps"] - last[0])
-            status = "ok" if res.diverged_at is None else "diverged"
-            if res.diverged_at is not None:
-                msg = f"run {run['name']}: loss became NaN/Inf at step {res.diverged_at}; history kept up to there"
-                (bar.write if bar is not None else print)(msg)
+            seed_runs = []
+            for s, res in zip(seeds, results, strict=True):
+                if res.diverged_at is not None:
+                    which = run["name"] if len(seeds) == 1 else f"{run['name']} (seed {s})"
+                    msg = f"run {which}: loss became NaN/Inf at step {res.diverged_at}; history kept up to there"
+                    (bar.write if bar is not None else print)(msg)
+                seed_runs.append({"seed": s, "status": "ok" if res.diverged_at is None else "diverged",
+                                  "diverged_at": res.diverged_at,
+                                  "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final})
+            bad = [sr["diverged_at"] for sr in seed_runs if sr["diverged_at"] is not None]
+            res = results[0]
             record = {
-                "id": rid, "name": run["name"], "algorithm": alg.name, "topology": topo.name, "status": status,
-                "diverged_at": res.diverged_at, "config": run, "hyperparams": alg.hyperparams,
+                "id": rid, "name": run["name"], "algorithm": alg.name, "topology": topo.name,
+                "status": "diverged" if bad else "ok", "diverged_at": min(bad) if bad else None, "config": run,
+                "hyperparams": alg.hyperparams, "seeds": seeds,
                 "topology_info": topo.describe(), "mixing": res.info["mixing"], "compiles": res.info["compiles"],
                 **run_strategy(res.info),
                 "wall_time_s": time.perf_counter() - t0, "compile_time_s": res.info["compile_time_s"],
-                "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final}
+                # history/final: the mean over seeds (final_std: sample std); seed_runs: every seed's own run
+                **combine_seeds(seed_runs), "seed_runs": seed_runs}
             store.save(rid, record)
             payload["runs"].append(json.loads(store.path(rid).read_text()))
             write_outputs(out, payload)  # after every run: finished runs stay written

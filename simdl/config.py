@@ -9,10 +9,32 @@ from pathlib import Path
 from typing import Any
 
 SECTIONS = ("task", "train", "run_defaults", "runs", "output", "scale")  # "scale": a top-level key (simdl.scale)
-TRAIN_KEYS = ("steps", "epochs", "batch_size", "eval_every", "seed", "mixing", "message_drop", "link_failure",
-              "straggler", "message_lost", "worker_batch",
+TRAIN_KEYS = ("steps", "epochs", "batch_size", "eval_every", "seed", "seeds", "mixing", "message_drop",
+              "link_failure", "straggler", "message_lost", "worker_batch",
               "execution", "compute_dtype")
 RUN_KEYS = ("name", "algorithm", "topology", "topology_args")
+
+
+def train_seeds(train: dict) -> list[int]:
+    """The seeds ``simdl run`` runs every row with: ``[train] seeds`` (a non-empty list of distinct integers >= 0,
+    all run in one batched program per row), else ``[seed]`` (``train.seed``, default 0).
+
+    Raises:
+      ValueError: ``seeds`` is not a non-empty list of distinct non-negative integers, or both ``seed`` and ``seeds``
+        are set (set one; ``--set train.seeds=[3]`` runs one seed).
+    """
+    if "seeds" not in train:
+        return [train.get("seed", 0)]
+    seeds = train["seeds"]
+    if "seed" in train:
+        raise ValueError(f"set train.seed or train.seeds, not both (got seed={train['seed']!r}, seeds={seeds!r}); "
+                         f"e.g. --set train.seeds=[{train['seed']!r}] for one seed")
+    if (not isinstance(seeds, list) or not seeds
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds)):
+        raise ValueError(f"train.seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2]; got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"train.seeds must be distinct, got {seeds!r}")
+    return list(seeds)
 
 
 def default_config() -> dict:

@@ -1,4 +1,5 @@
-"""Writing run outputs atomically: results.json (config + histories + finals), summary.csv."""
+"""Writing run outputs atomically: results.json (config + histories + finals, every seed's history), summary.csv
+(mean ± std over seeds)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-SUMMARY_COLUMNS = ("name", "algorithm", "topology", "status", "diverged_at", "steps", "avg_model_accuracy",
-                   "worker_accuracy_mean", "worker_accuracy_min", "avg_model_loss", "suboptimality",
-                   "consensus_distance", "bytes_per_worker", "wall_time_s", "compile_time_s")
+#: metrics of a run's ``final`` that differ between seeds: summary.csv gives ``<metric>_mean`` and ``<metric>_std``
+SEED_METRICS = ("avg_model_accuracy", "worker_accuracy_mean", "worker_accuracy_min", "avg_model_loss", "suboptimality",
+                "consensus_distance")
+SUMMARY_COLUMNS = ("name", "algorithm", "topology", "momentum", "nesterov", "status", "diverged_at", "steps", "seeds",
+                   *(f"{m}_{s}" for m in SEED_METRICS for s in ("mean", "std")),
+                   "bytes_per_worker", "wall_time_s", "compile_time_s")
 
 
 def _clean(x):
@@ -76,17 +80,61 @@ def to_json(obj) -> str:
     return json.dumps(_clean(obj), indent=1, allow_nan=False)
 
 
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (``ddof=1``) of per-seed values; ``None`` entries (a metric a seed did not
+    record) are skipped; std is ``None`` for fewer than two values, both are ``None`` for none."""
+    v = np.asarray([float(x) for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return None, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if v.size > 1 else None)
+
+
+def combine_seeds(seed_runs: list[dict]) -> dict:
+    """A row's ``history`` and ``final`` from its per-seed runs (dicts with ``history`` and ``final``).
+
+    ``history``: per evaluation, the mean over seeds of every metric, up to the shortest seed history (a diverged
+    seed stops early); ``final``: the mean over seeds of each final metric (``step``: the smallest final step);
+    ``final_std``: the sample standard deviation (``ddof=1``) over seeds, ``None`` with one seed.
+    """
+    n = min(len(sr["history"].get("step", [])) for sr in seed_runs)
+    keys = [k for k in seed_runs[0]["history"] if all(k in sr["history"] for sr in seed_runs)]
+    history = {}
+    for k in keys:
+        cols = np.asarray([[np.nan if x is None else float(x) for x in np.asarray(sr["history"][k])[:n]]
+                           for sr in seed_runs], dtype=np.float64)
+        history[k] = cols.mean(axis=0).tolist()
+    if "step" in history:
+        history["step"] = [int(s) for s in history["step"]]
+    final, final_std = {}, {}
+    fkeys = [k for k in seed_runs[0]["final"] if all(k in sr["final"] for sr in seed_runs)]
+    for k in fkeys:
+        if k == "step":
+            final[k] = min(int(sr["final"][k]) for sr in seed_runs)
+            continue
+        final[k], final_std[k] = mean_std(sr["final"][k] for sr in seed_runs)
+    return {"history": history, "final": final, "final_std": final_std}
+
+
 def summary_rows(runs: list[dict]) -> list[dict]:
+    """One row per run record: its identity, momentum (from the resolved ``hyperparams``), status, ``seeds``
+    (space-separated) and, for every :data:`SEED_METRICS` metric, ``<metric>_mean`` and ``<metric>_std`` over the
+    record's ``seed_runs`` (sample std, ``ddof=1``; empty with one seed). A record without ``seed_runs`` counts as
+    one run of seed ``seed``."""
     rows = []
     for r in runs:
         final = r.get("final", {})
-        row = {"name": r["name"], "algorithm": r["algorithm"], "topology": r["topology"], "status": r["status"],
+        hp = r.get("hyperparams") or {}
+        seed_runs = r.get("seed_runs") or [{"seed": r.get("seed"), "final": final}]
+        seeds = [sr.get("seed") for sr in seed_runs]
+        row = {"name": r["name"], "algorithm": r["algorithm"], "topology": r["topology"],
+               "momentum": hp.get("momentum"), "nesterov": hp.get("nesterov"), "status": r["status"],
                "diverged_at": r.get("diverged_at"), "steps": final.get("step"),
+               "seeds": " ".join(str(s) for s in seeds if s is not None) or None,
+               "bytes_per_worker": final.get("bytes_per_worker"),
                "wall_time_s": r.get("wall_time_s"), "compile_time_s": r.get("compile_time_s")}
-        for c in SUMMARY_COLUMNS:
-            if c not in row:
-                row[c] = final.get(c)
-        rows.append(row)
+        for m in SEED_METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_std(sr.get("final", {}).get(m) for sr in seed_runs)
+        rows.append({c: row.get(c) for c in SUMMARY_COLUMNS})
     return rows
 
 
