@@ -18,7 +18,7 @@ def test_default_experiment_small_writes_outputs(tmp_path, capsys):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["config"]["train"]["steps"] == 20 and res["jax_version"] and res["device"]["platform"]
     names = [r["name"] for r in res["runs"]]
-    assert "allreduce/complete" in names and "dsgd/ring" in names and "dsgd_nesterov" in names
+    assert "allreduce/complete" in names and "dsgd/ring" in names and "relaysgd/chain" in names
     for r in res["runs"]:
         assert r["status"] == "ok" and r["history"]["step"] == [10, 20]
         assert 0.0 <= r["final"]["avg_model_accuracy"] <= 1.0
