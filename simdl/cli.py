@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from simdl.config import TRAIN_KEYS, apply_override, expand_runs, load_config
@@ -521,6 +522,11 @@ def _interrupted(args, argv: list[str], signame: str) -> str:
             f"to resume, run the same command again: {again}")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of the simdl command: ``simdl: warning: <message>`` on stderr."""
+    print(f"simdl: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     as_command = argv is None  # the process is the simdl command (not main([...]) called from Python)
@@ -533,7 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            if as_command:  # the simdl command prints a warning as one line, without a source excerpt
+                warnings.showwarning = _one_line_warning
+            return _dispatch(args)
     except (KeyboardInterrupt, Terminated) as e:
         sigint = isinstance(e, KeyboardInterrupt)
         print(_interrupted(args, argv, "Ctrl-C (SIGINT)" if sigint else "SIGTERM"), file=sys.stderr)

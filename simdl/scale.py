@@ -41,6 +41,7 @@ def _tiny_task(task: dict, n_runs_workers: int) -> dict:
         dk = dict(t.get("dataset_kwargs") or {})
         dk["max_train"] = TINY_PER_WORKER * n_runs_workers
         dk["max_test"] = TINY_TEST
+        dk.setdefault("stand_in", True)
         t["dataset_kwargs"] = dk
     model = t.get("model", "mlp")
     knobs = [k for k in WIDTH_KNOBS if k in _model_fields(model)]
@@ -62,8 +63,10 @@ def apply_scale(cfg: dict, scale: str | None = None) -> dict:
     * ``"tiny"``: a smoke test of every run of the config, same workers, topologies, algorithms and recipes:
       ``[train]`` ``steps = 4``, ``batch_size = 2``, ``eval_every = 2`` (``epochs`` dropped); classification tasks
       evaluate on ``32`` samples, load at most ``8 · n_workers`` training and ``32`` test samples from
-      tensorflow-datasets (``dataset_kwargs.max_train/max_test``), and use a narrow model: the model's width
-      attribute when it has one (:data:`WIDTH_KNOBS`), else :data:`TINY_MODEL`. ``[sweep]`` grids are kept.
+      tensorflow-datasets (``dataset_kwargs.max_train/max_test``), or a synthetic stand-in of the same shape with
+      a one-line warning when the dataset is not prepared (``dataset_kwargs.stand_in``), and use a narrow model:
+      the model's width attribute when it has one (:data:`WIDTH_KNOBS`), else :data:`TINY_MODEL`. ``[sweep]``
+      grids are kept.
 
     Raises:
       ValueError: unknown scale (valid ones listed).

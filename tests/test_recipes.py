@@ -202,7 +202,7 @@ def test_apply_scale_tiny_and_full():
     assert tiny["scale"] == "tiny" and "epochs" not in tiny["train"]
     assert tiny["train"] == {"steps": 4, "batch_size": 2, "eval_every": 2, "seed": 3}
     assert tiny["task"]["model"] == TINY_MODEL and tiny["task"]["n_workers"] == 16
-    assert tiny["task"]["dataset_kwargs"] == {"data_dir": "/d", "max_train": 128, "max_test": 32}
+    assert tiny["task"]["dataset_kwargs"] == {"data_dir": "/d", "max_train": 128, "max_test": 32, "stand_in": True}
     assert tiny["runs"] == cfg["runs"] and cfg["train"]["epochs"] == 200  # input untouched
     mlp = apply_scale({"task": {"dataset": "digits", "model": "mlp"}}, "tiny")["task"]
     assert mlp["model"] == "mlp" and mlp["model_kwargs"] == {"hidden": [8]} and "dataset_kwargs" not in mlp

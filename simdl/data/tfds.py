@@ -5,6 +5,7 @@ Uses ``tensorflow_datasets.data_source`` (random access to ArrayRecord files, no
 returns a :class:`~simdl.data.dataset.Dataset`.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,13 @@ def _not_prepared_error(tfds, tfds_name: str, data_dir, download: bool, err: Exc
     )
 
 
+def _stand_in(name: str, max_train: int | None, max_test: int | None, reason: str) -> Dataset:
+    from simdl.data.stand_in import stand_in, warn_stand_in
+
+    warn_stand_in(name, reason)
+    return stand_in(name, max_train or 256, max_test or 32)
+
+
 def _read_split(source, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Read the first ``limit`` (default all) records of a data source into (images uint8, labels int64)."""
     count = len(source) if limit is None else min(limit, len(source))
@@ -95,6 +103,7 @@ def load_tfds(
     download: bool = False,
     max_train: int | None = None,
     max_test: int | None = None,
+    stand_in: bool = False,
 ) -> Dataset:
     """Load an image-classification dataset from tensorflow-datasets into memory, without TensorFlow.
 
@@ -106,6 +115,10 @@ def load_tfds(
         download: allow tfds to download and prepare the dataset (needs internet) if it is not prepared yet.
         max_train: keep only the first ``max_train`` training records (None: all).
         max_test: keep only the first ``max_test`` test records (None: all).
+        stand_in: when the dataset is not prepared (or tensorflow-datasets is missing), return a synthetic
+            stand-in of the same shape (:func:`simdl.data.stand_in.stand_in`, ``max_train``/``max_test`` samples,
+            default 256/32) with a one-line :class:`~simdl.data.stand_in.StandInWarning` instead of raising.
+            Set by the ``tiny`` scale.
 
     Returns:
         A :class:`~simdl.data.dataset.Dataset`: ``x_train`` uint8 (N, H, W, C) (28x28x1 or 32x32x3),
@@ -122,12 +135,25 @@ def load_tfds(
         raise ValueError(f"unknown tfds dataset {name!r}; valid names: {', '.join(TFDS_NAMES)}")
     max_train = _check_limit("max_train", max_train)
     max_test = _check_limit("max_test", max_test)
-    tfds = _import_tfds()
+    try:
+        tfds = _import_tfds()
+    except ImportError:
+        if not stand_in:
+            raise
+        return _stand_in(name, max_train, max_test, "tensorflow-datasets is not installed")
     tfds_name = TFDS_NAMES[name]
+    absl = logging.getLogger("absl")
+    level = absl.level
+    if stand_in:  # the probe of a missing dataset logs an absl WARNING; the stand-in's one line says it all
+        absl.setLevel(logging.ERROR)
     try:
         sources = tfds.data_source(tfds_name, split=["train", "test"], data_dir=data_dir, download=download)
     except Exception as err:  # noqa: BLE001 - tfds raises several unrelated types for "not prepared"
+        if stand_in:
+            return _stand_in(name, max_train, max_test, f"tensorflow-datasets found no {tfds_name}")
         raise _not_prepared_error(tfds, tfds_name, data_dir, download, err) from err
+    finally:
+        absl.setLevel(level)
     train, test = sources
     x_train, y_train = _read_split(train, max_train)
     x_test, y_test = _read_split(test, max_test)
