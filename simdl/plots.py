@@ -16,7 +16,8 @@ PLOTS = (
 
 
 def plot_runs(runs: list[dict], out: str | Path) -> list[Path]:
-    """One PNG per metric with a line per run; returns the written paths (metrics no run has are skipped)."""
+    """One PNG per metric with a line per run (a run over several seeds: its mean ``history``); returns the written
+    paths (metrics no run has are skipped)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,6 +25,7 @@ def plot_runs(runs: list[dict], out: str | Path) -> list[Path]:
 
     out = Path(out)
     written = []
+    n_seeds = max((len(r.get("seed_runs") or [None]) for r in runs), default=1)
     for fname, xk, yk, xlabel, ylabel, logy in PLOTS:
         series = [(r["name"], r["history"][xk], r["history"][yk]) for r in runs
                   if r.get("history") and yk in r["history"] and xk in r["history"] and len(r["history"][yk])]
@@ -41,6 +43,8 @@ def plot_runs(runs: list[dict], out: str | Path) -> list[Path]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+        if n_seeds > 1:  # simdl run over [train] seeds: each line is the mean over the row's seeds
+            ax.set_title(f"mean over {n_seeds} seeds", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out / fname
