@@ -30,6 +30,9 @@ Config keys (per run, in ``[[runs]]`` or ``[run_defaults]``):
 * ``decay_norm = false``: weight decay only on convolution/dense kernels (not on biases and normalisation
   parameters), through the algorithm's ``weight_decay_mask`` (:func:`weight_decay_mask`).
 * ``local_epochs = E`` for ``local_sgd``: ``local_steps = E · steps_per_epoch`` (FedAvg with E local epochs).
+* ``optimizer = "adam"`` or ``{name = "adam", b1 = 0.9, b2 = 0.99}``: the workers' local optimizer is that optax
+  optimizer (:data:`OPTIMIZERS`) at the run's learning rate (after scaling and schedule) instead of SGD; momentum
+  then belongs inside it (``momentum = 0``), weight decay is still added to the gradient first.
 
 ``[train] epochs = E`` may replace ``steps`` (``steps = round(E · steps_per_epoch)``, :func:`resolve_train`).
 """
@@ -379,6 +382,46 @@ def learning_rate_fn(run: dict, task, train: dict) -> Callable:
     return to_lr
 
 
+#: optax optimizers a config may name as a run's local optimizer (``optimizer = "adam"`` or
+#: ``optimizer = {name = "adam", b1 = 0.9}``); each is ``optax.<name>(learning_rate=<the run's schedule>, ...)``.
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adabelief", "adagrad", "rmsprop", "lamb", "lion", "yogi")
+
+
+def optimizer_from_spec(spec, learning_rate) -> optax.GradientTransformation:
+    """The local optax optimizer of a config run's ``optimizer`` key.
+
+    Args:
+      spec: a name from :data:`OPTIMIZERS`, or a table ``{name = ..., <keyword> = <value>, ...}`` whose other keys
+        are keyword arguments of that optax function (e.g. ``b1``, ``b2``, ``eps``, ``weight_decay``).
+      learning_rate: float or optax schedule (the run's learning rate after ``lr_scaling``/``schedule``).
+
+    Raises:
+      ValueError: unknown name (valid ones listed), a keyword the optax function does not take (its keywords
+        listed), ``learning_rate`` inside the table (set the run's ``learning_rate``), or a spec that is neither a
+        string nor a table with ``name``.
+    """
+    if isinstance(spec, str):
+        name, kw = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        name, kw = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    else:
+        raise ValueError(f"optimizer: expected a name ({', '.join(OPTIMIZERS)}) or a table with name = ..., "
+                         f"got {spec!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: unknown name {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    fn = getattr(optax, name)
+    params = [p for p in inspect.signature(fn).parameters if p != "learning_rate"]
+    if "learning_rate" in kw:
+        raise ValueError("optimizer: set the run's learning_rate, not optimizer.learning_rate")
+    unknown = sorted(set(kw) - set(params))
+    if unknown:
+        raise ValueError(f"optimizer: optax.{name} takes no {', '.join(unknown)}; its keywords: {', '.join(params)}")
+    # always a schedule, so a run built with a Python float and one built with a traced (batched) rate have the
+    # same optimizer state structure
+    schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+    return fn(learning_rate=schedule, **kw)
+
+
 def _accepts(name: str, kw: str) -> bool:
     from simdl.algorithms import ALGORITHMS
 
@@ -393,6 +436,8 @@ def resolve_run_kwargs(run: dict, task, train: dict) -> dict:
     through; then
 
     * ``learning_rate`` goes through :func:`learning_rate_fn` (``lr_scaling``, ``schedule``);
+    * ``optimizer`` (a name or table, :func:`optimizer_from_spec`) becomes that optax optimizer at the run's
+      learning rate;
     * ``decay_norm = false`` sets ``weight_decay_mask`` (:func:`weight_decay_mask`);
     * ``local_epochs`` (``local_sgd``) sets ``local_steps = local_epochs · steps_per_epoch``;
     * ``model_averaging_clr`` gets ``steps_per_epoch`` unless given.
@@ -419,6 +464,15 @@ def resolve_run_kwargs(run: dict, task, train: dict) -> dict:
         raise ValueError(f"run {run.get('name', name)!r}: schedule/lr_scaling need a learning_rate")
     if "learning_rate" in kwargs:
         kwargs["learning_rate"] = learning_rate_fn(run, task, train)(kwargs["learning_rate"])
+    if "optimizer" in kwargs:
+        if not _accepts(name, "optimizer"):
+            from simdl.algorithms import ALGORITHMS
+
+            ok = sorted(k for k in ALGORITHMS if _accepts(k, "optimizer"))
+            raise ValueError(f"optimizer: {name} has no local optimizer option (algorithms with one: {', '.join(ok)})")
+        if "learning_rate" not in kwargs:
+            raise ValueError(f"run {run.get('name', name)!r}: optimizer needs the run's learning_rate")
+        kwargs["optimizer"] = optimizer_from_spec(kwargs["optimizer"], kwargs["learning_rate"])
     if weight_decay_mask(run.get("decay_norm", True)) is not None:
         if _accepts(name, "weight_decay_mask"):
             kwargs["weight_decay_mask"] = weight_decay_mask(False)
