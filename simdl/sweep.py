@@ -155,7 +155,7 @@ def algorithm_builder(run: dict, task, train: dict | None = None):
     batchable along the learning rate. ``train``: the resolved ``[train]`` settings (default: the defaults).
     """
     import simdl
-    from simdl.recipes import learning_rate_fn, resolve_run_kwargs, resolve_train
+    from simdl.recipes import learning_rate_fn, optimizer_from_spec, resolve_run_kwargs, resolve_train
 
     train = resolve_train(train_settings({}) if train is None else train, task)
     static = resolve_run_kwargs(run, task, train)
@@ -165,6 +165,8 @@ def algorithm_builder(run: dict, task, train: dict | None = None):
         kw = dict(static)
         if "learning_rate" in hp:
             kw["learning_rate"] = to_lr(hp["learning_rate"])
+            if "optimizer" in run:  # the local optax optimizer follows the batched learning rate too
+                kw["optimizer"] = optimizer_from_spec(run["optimizer"], kw["learning_rate"])
         return simdl.algorithms.get(run["algorithm"], **kw)
 
     return fn
