@@ -104,3 +104,66 @@ def format_text(rows: list[dict[str, str]]) -> str:
     for r in rows:
         lines.append("  ".join(r[c].ljust(widths[c]) for c in head).rstrip())
     return "\n".join(lines)
+
+
+def config_names() -> list[tuple[str, str]]:
+    """``(label, names)`` of every name a config accepts besides the algorithms' defaults: what ``simdl list``
+    prints. Each list is read from the constant the code validates against, so it cannot drift."""
+    from simdl.algorithms import ALGORITHMS
+    from simdl.algorithms.averaging import MOMENTUM_SYNC
+    from simdl.compression import COMPRESSORS
+    from simdl.config import RUN_KEYS, SECTIONS, TRAIN_KEYS
+    from simdl.data import DATASETS
+    from simdl.faults import KEYS as FAULT_KEYS
+    from simdl.faults import LOST, LOST_KEY
+    from simdl.mixing.mixer import METHODS as MIXING
+    from simdl.mixing.relay import METHODS as RELAY_METHODS
+    from simdl.models import MODELS
+    from simdl.models.batched import STRATEGIES
+    from simdl.models.conv import CONV_IMPLS
+    from simdl.recipes import OPTIMIZERS, RECIPE_KEYS, SCALING_RULES, SCHEDULES
+    from simdl.scale import SCALES
+    from simdl.simulate import COMPUTE_DTYPES
+    from simdl.tasks.classification import PARTITIONS
+    from simdl.topologies import TOPOLOGIES
+
+    rows = [
+        ("sections", ", ".join(f"[{s}]" for s in SECTIONS if s != "scale") + ", scale = " + " | ".join(SCALES)),
+        ("algorithms", ", ".join(sorted(ALGORITHMS))),
+        ("topologies", ", ".join(sorted(TOPOLOGIES))),
+        ("datasets", ", ".join((*DATASETS, "synthetic (FedProx, partition natural)"))),
+        ("models", ", ".join(sorted(MODELS)) + "; model_kwargs.conv_impl: " + " | ".join(CONV_IMPLS)),
+        ("partitions", ", ".join(PARTITIONS)),
+        ("[task] keys", "kind = classification | random_quadratics; " + ", ".join(_task_keys())),
+        ("[train] keys", ", ".join(TRAIN_KEYS)),
+        ("faults", ", ".join(FAULT_KEYS) + f" (probabilities in [0, 1]); {LOST_KEY}: " + " | ".join(LOST)),
+        ("mixing", " | ".join(MIXING) + " ([train] mixing); relay_method: " + " | ".join(RELAY_METHODS)),
+        ("execution", " | ".join(STRATEGIES) + " ([train] execution); compute_dtype: " + " | ".join(COMPUTE_DTYPES)),
+        ("run keys", ", ".join(RUN_KEYS) + ", the algorithm's arguments, " + ", ".join(RECIPE_KEYS)
+         + ", optimizer"),
+        ("optimizers", ", ".join(OPTIMIZERS) + " (optimizer = NAME or {name = NAME, ...}: optax.NAME)"),
+        ("schedules", ", ".join(SCHEDULES) + " (schedule = {kind = ...}); lr_scaling: " + " | ".join(SCALING_RULES)),
+        ("compressors", ", ".join(COMPRESSORS) + " (choco_sgd compressor)"),
+        ("momentum_sync", " | ".join(MOMENTUM_SYNC) + " (local_sgd)"),
+    ]
+    try:
+        from simdl import systems
+    except ImportError:
+        return rows
+    keys = getattr(systems, "KEYS", None)
+    if keys:
+        rows.append(("[system] keys", ", ".join(keys)))
+    return rows
+
+
+def _task_keys() -> list[str]:
+    """Keyword arguments of the classification task builder (the ``[task]`` keys of the default kind)."""
+    from simdl.tasks import classification
+
+    return [p for p in inspect.signature(classification).parameters if p != "data"]
+
+
+def format_names(rows: list[tuple[str, str]]) -> str:
+    """``label: names`` lines, labels padded to one width."""
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join(f"{label + ':':<{width}}{names}" for label, names in rows)

@@ -239,17 +239,9 @@ def select_runs(runs: list[dict], selection: str | None) -> list[dict]:
 
 
 def cmd_list() -> int:
-    import simdl
-    from simdl.catalog import default_rows, format_text
-    from simdl.data import DATASETS
-    from simdl.models import MODELS
-    from simdl.tasks.classification import PARTITIONS
+    from simdl.catalog import config_names, default_rows, format_names, format_text
 
-    print("algorithms: ", ", ".join(sorted(simdl.algorithms.ALGORITHMS)))
-    print("topologies: ", ", ".join(sorted(simdl.topologies.TOPOLOGIES)))
-    print("datasets:   ", ", ".join((*DATASETS, "synthetic (FedProx, partition natural)")))
-    print("models:     ", ", ".join(sorted(MODELS)))
-    print("partitions: ", ", ".join(PARTITIONS))
+    print(format_names(config_names()))
     print("\nalgorithm defaults (from the factories' signatures; '—' = no such argument, '(auto)' = a None default "
           "resolved by the factory):")
     print(format_text(default_rows()))

@@ -145,3 +145,22 @@ def test_simdl_list_prints_the_table(capsys):
     assert cmd_list() == 0
     out = capsys.readouterr().out
     assert format_text(default_rows()) in out
+
+
+def test_config_names_cover_what_configs_accept():
+    """simdl list names every kind of value a config accepts, from the constants the code validates against."""
+    from simdl.catalog import config_names
+    from simdl.compression import COMPRESSORS
+    from simdl.faults import KEYS
+    from simdl.models.batched import STRATEGIES
+    from simdl.recipes import OPTIMIZERS
+
+    rows = dict(config_names())
+    for label in ("algorithms", "topologies", "datasets", "models", "partitions", "optimizers", "compressors",
+                  "faults", "mixing", "execution", "schedules", "[train] keys", "[task] keys"):
+        assert rows.get(label), label
+    assert all(c in rows["compressors"] for c in COMPRESSORS)
+    assert all(o in rows["optimizers"] for o in OPTIMIZERS)
+    assert all(k in rows["faults"] for k in KEYS) and "renormalize" in rows["faults"]
+    assert all(s in rows["execution"] for s in STRATEGIES) and "bfloat16" in rows["execution"]
+    assert "base" in rows["topologies"] and "relaysum_mix" in rows["algorithms"]
