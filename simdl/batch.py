@@ -28,6 +28,7 @@ from simdl.simulate import (
     resolve_execution,
     validate,
 )
+from simdl.systems import build_clock
 from simdl.tasks.base import Task
 
 
@@ -68,6 +69,7 @@ def simulate_batch(
     worker_batch: int | None = None,
     execution: str = "auto",
     compute_dtype: str = "float32",
+    system=None,
 ) -> list[SimulationResult]:
     """Run R simulations that share one compiled program, vmapped over a leading run axis.
 
@@ -88,6 +90,9 @@ def simulate_batch(
       compute_dtype: ``"float32"`` (default) or ``"bfloat16"``, shared by all runs: the dtype of the per-worker
         forward/backward passes, as in :func:`simdl.simulate` (state, mixing and metrics stay float32); recorded in
         each result's ``info["compute_dtype"]``.
+      system: a :class:`simdl.systems.SystemModel` shared by all runs, as in :func:`simdl.simulate`: every run's
+        history gains ``sim_time_s``; each run draws its own compute times from its seed unless ``system.seed``
+        is set (then all runs see the same draws).
 
     Returns:
       R :class:`SimulationResult`, equal (up to float reassociation) to R separate :func:`simdl.simulate` calls.
@@ -111,16 +116,20 @@ def simulate_batch(
             raise ValueError("runs batched together need the same n_workers and shard size")
     faults = as_faults(faults)
     check_algorithm(faults, algs[0], topology, tasks[0])
+    clock = build_clock(system, topology, algs[0])
     mixer = make_mixer(topology, mixing)
     inits = [init_state(t, a, topology, mixer, s) for t, a, s in zip(tasks, algs, seeds, strict=True)]
+    if clock is not None:  # each run's state is (algorithm state, simulated clock)
+        inits = [((i[0], clock.init()), *i[1:]) for i in inits]
     state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[i[0] for i in inits])
     worker_keys = jnp.stack([i[1] for i in inits])
     alg_keys = jnp.stack([i[2] for i in inits])
     data, data_axes = _shared_or_stacked([t.data for t in tasks])
     hp = {k: jnp.asarray([float(h[k]) for h in hparams], jnp.float32) for k in keys}
     chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, worker_batch, faults=faults,
-                        execution=check_execution(execution), compute_dtype=compute_dtype)
+                        execution=check_execution(execution), compute_dtype=compute_dtype, clock=clock)
     evaluate = build_evaluate(tasks[0], algorithm_fn)
+    alg_state = (lambda s: s) if clock is None else (lambda s: s[0])  # noqa: E731
 
     def run(state, start, data, worker_keys, alg_keys, hp, length):
         f = jax.vmap(partial(chunk, length=length), in_axes=(0, None, data_axes, 0, 0, 0))
@@ -137,7 +146,8 @@ def simulate_batch(
         state, loss, sums, bad, lr = run_chunk(state, jnp.int32(done), data, worker_keys, alg_keys, hp, length)
         bad = np.asarray(bad)
         done += length
-        metrics = {k: np.asarray(v) for k, v in run_eval(data, state, hp).items()}
+        metrics = {k: np.asarray(v) for k, v in run_eval(data, alg_state(state), hp).items()}
+        times = None if clock is None else jax.device_get(state[1])
         rows: list[dict | None] = []
         for r in range(R):
             if diverged[r] is None and bad[r] >= 0:
@@ -148,6 +158,8 @@ def simulate_batch(
             if diverged[r] is not None:
                 rows.append(None)
                 continue
+            if times is not None:
+                m["sim_time_s"] = clock.elapsed(jax.tree_util.tree_map(lambda x, r=r: x[r], times))
             s = {k: np.asarray(v)[r] for k, v in sums.items()}
             row = recs[r].add(done, np.asarray(loss)[r], s, np.asarray(lr)[r], m)
             if blew_up({k: v[0] for k, v in recs[r].history.items()}, row):
@@ -156,6 +168,7 @@ def simulate_batch(
         if callback is not None:
             callback(done, rows)
     wall = time.perf_counter() - t0
+    state = alg_state(state)
     out = []
     for r in range(R):
         hist = recs[r].arrays()
@@ -169,6 +182,8 @@ def simulate_batch(
                 "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype,
                 "wall_time_s": wall, "compile_time_s": run_chunk.compile_time_s,
                 "steps_done": int(hist["step"][-1]) if len(hist.get("step", [])) else 0, **device_info()}
+        if clock is not None:
+            info["system"] = clock.system.describe()
         out.append(SimulationResult(params_r, hist, {k: float(v[-1]) for k, v in hist.items()}, diverged[r], info,
                                     jax.tree_util.tree_map(lambda x, r=r: x[r], state)))
     return out

@@ -17,6 +17,7 @@ from simdl.faults import as_faults, check_algorithm, injector
 from simdl.metrics import consensus_distance
 from simdl.mixing import make_mixer
 from simdl.sharding import make_sharded_mixer, placement
+from simdl.systems import build_clock
 from simdl.tasks.base import Task
 
 
@@ -27,7 +28,8 @@ class SimulationResult(NamedTuple):
       params: final stacked worker models (leading axis n).
       history: metric name -> numpy array over evaluation points. Always: ``step``, ``loss`` (mean worker minibatch
         loss over the steps since the previous evaluation), ``consensus_distance`` (Ξ², squared parameter units),
-        ``bytes_per_worker`` (cumulative bytes sent, mean over workers), ``learning_rate``, and the task's metrics
+        ``bytes_per_worker`` (cumulative bytes sent, mean over workers), ``learning_rate``, with a system model
+        ``sim_time_s`` (simulated seconds, :mod:`simdl.systems`), and the task's metrics
         (``avg_model_loss``; classification: ``avg_model_accuracy``, ``worker_accuracy_mean``,
         ``worker_accuracy_min``, ...; quadratics: ``suboptimality``, ...).
       final: the last evaluation's metrics as floats.
@@ -213,25 +215,34 @@ def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, m
 
 def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
                 worker_batch: int | None = None, faults=None, execution: str = "auto",
-                compute_dtype: str = "float32"):
+                compute_dtype: str = "float32", clock=None):
     """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
     ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
     chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). ``faults``, ``compute_dtype``:
-    see :func:`build_step`. Compile it with :class:`CompiledChunks`."""
+    see :func:`build_step`. ``clock``: a :class:`simdl.systems.Clock` (or None): then ``state`` is the pair
+    ``(algorithm_state, clock_state)`` and the simulated clock advances every step from the step's ``bytes_sent``.
+    Compile it with :class:`CompiledChunks`."""
     one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution,
                           compute_dtype)
+
+    def timed_step(state, t, data, worker_keys, alg_key, hp):
+        if clock is None:
+            return one_step(state, t, data, worker_keys, alg_key, hp)
+        alg_state, times = state
+        alg_state, loss, aux = one_step(alg_state, t, data, worker_keys, alg_key, hp)
+        return (alg_state, clock.step(times, aux["bytes_sent"], t, alg_key)), loss, aux
 
     def chunk(state, start, data, worker_keys, alg_key, hp, length):
         def body(carry, i):
             state, loss_sum, sums, bad = carry
             t = start + i
-            state, loss, aux = one_step(state, t, data, worker_keys, alg_key, hp)
+            state, loss, aux = timed_step(state, t, data, worker_keys, alg_key, hp)
             bad = jnp.where(jnp.logical_and(~jnp.isfinite(loss), bad < 0), t, bad)
             counters = {k: v for k, v in aux.items() if k != "lr"}
             sums = jax.tree_util.tree_map(lambda a, b: a + jnp.asarray(b, jnp.float32), sums, counters)
             return (state, loss_sum + loss, sums, bad), aux["lr"]
 
-        _, _, aux_shape = jax.eval_shape(lambda s: one_step(s, start, data, worker_keys, alg_key, hp), state)
+        _, _, aux_shape = jax.eval_shape(lambda s: timed_step(s, start, data, worker_keys, alg_key, hp), state)
         zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in aux_shape.items() if k != "lr"}
         init = (state, jnp.float32(0.0), zeros, jnp.int32(-1))
         (state, loss_sum, sums, bad), lrs = jax.lax.scan(body, init, jnp.arange(length, dtype=jnp.int32))
@@ -358,7 +369,7 @@ def _restore_checkpoint(mgr, state):
 
 
 def run_fingerprint(task: Task, algorithm: Algorithm, topology, batch_size: int, seed: int, eval_every: int,
-                    faults, compute_dtype: str, mixing: str) -> dict:
+                    faults, compute_dtype: str, mixing: str, system=None) -> dict:
     """What identifies a run for resuming: everything that changes its numbers except ``steps`` (a resumed run may
     go further). JSON-normalised (non-JSON values as their ``str``), so it survives a round trip through a
     checkpoint."""
@@ -367,6 +378,8 @@ def run_fingerprint(task: Task, algorithm: Algorithm, topology, batch_size: int,
     fp = {"task": task.info | {"name": task.name}, "algorithm": {"name": algorithm.name, **algorithm.hyperparams},
           "topology": topology.describe(), "batch_size": batch_size, "seed": seed, "eval_every": eval_every,
           "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype, "mixing": mixing}
+    if system is not None:  # (absent without a system model: older checkpoints keep matching)
+        fp["system"] = system.describe()
     return json.loads(json.dumps(fp, default=str))
 
 
@@ -401,6 +414,7 @@ def simulate(
     faults=None,
     execution: str = "auto",
     compute_dtype: str = "float32",
+    system=None,
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
@@ -442,12 +456,18 @@ def simulate(
       faults: simulated faults, a :class:`simdl.faults.Faults` (or a dict with its keys): per-step message drops,
         link failures and stragglers, seeded from ``seed`` and independent of ``eval_every``; probabilities of 0
         change nothing. See :mod:`simdl.faults` for the exact semantics and the algorithms that support them.
+      system: a :class:`simdl.systems.SystemModel` (or a dict of its fields): compute times (s), link latencies (s)
+        and bandwidths (bytes/s). The compiled step then also advances a simulated clock (:mod:`simdl.systems`,
+        docs/algorithms.md#simulated-time) and the history gains ``sim_time_s`` (float64 seconds: when the latest
+        worker is ready after the evaluated step); ``info["system"]`` records the model. ``None`` (default): no
+        clock.
 
     Returns:
       :class:`SimulationResult`.
 
     Raises:
-      ValueError: invalid arguments (checked before any compilation; see :func:`validate`).
+      ValueError: invalid arguments (checked before any compilation; see :func:`validate` and
+        :func:`simdl.systems.check_system`).
     """
     eval_every = max(1, steps // 20) if eval_every is None and isinstance(steps, int) else eval_every
     validate(task, algorithm, topology, steps, batch_size, eval_every)
@@ -464,12 +484,16 @@ def simulate(
         raise ValueError("resume=True needs checkpoint_dir")
     faults = as_faults(faults)
     check_algorithm(faults, algorithm, topology, task)
+    clock = build_clock(system, topology, algorithm)
     layout = None if devices is None else placement(devices, task.n_workers)
     mixer = make_mixer(topology, mixing) if layout is None else make_sharded_mixer(topology, layout.mesh, mixing)
     state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
+    if clock is not None:  # the run's state is (algorithm state, simulated clock)
+        state = (state, clock.init())
     algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
     chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution,
-                        compute_dtype)
+                        compute_dtype, clock=clock)
+    alg_state = (lambda s: s) if clock is None else (lambda s: s[0])  # noqa: E731
 
     def run(state, start, data, worker_keys, alg_key, length):
         return chunk(state, start, data, worker_keys, alg_key, None, length)
@@ -491,7 +515,7 @@ def simulate(
     if checkpoint_dir is not None:
         checkpoint_every = checkpoint_every or eval_every
         fingerprint = run_fingerprint(task, algorithm, topology, batch_size, seed, eval_every, faults, compute_dtype,
-                                      mixer.method)
+                                      mixer.method, None if clock is None else clock.system)
         mgr = _checkpointer(checkpoint_dir)
         if resume:
             restored = _restore_checkpoint(mgr, state)
@@ -523,11 +547,13 @@ def simulate(
                 break
             done += length
             te = time.perf_counter()
-            metrics = {k: float(v) for k, v in run_eval(task.data, state).items()}
+            metrics = {k: float(v) for k, v in run_eval(task.data, alg_state(state)).items()}
             eval_times.append(time.perf_counter() - te)
             if not all(np.isfinite(v) for v in metrics.values()):
                 diverged_at = done
                 break
+            if clock is not None:
+                metrics["sim_time_s"] = clock.elapsed(state[1])
             row = rec.add(done, loss, sums, lr, metrics)
             if blew_up({k: v[0] for k, v in rec.history.items()}, row):
                 diverged_at = done
@@ -547,6 +573,7 @@ def simulate(
     wall = time.perf_counter() - t0
     hist = rec.arrays()
     final = {k: float(v[-1]) for k, v in hist.items()}
+    state = alg_state(state)
     state_params = jax.eval_shape(algorithm.params, state)
     info = {
         "task": task.info | {"name": task.name},
@@ -562,4 +589,6 @@ def simulate(
         "faults": None if faults is None else faults._asdict(),
         "compute_dtype": compute_dtype,
     }
+    if clock is not None:
+        info["system"] = clock.system.describe()
     return SimulationResult(algorithm.params(state), hist, final, diverged_at, info, state)

@@ -26,11 +26,12 @@ def _set(cfg: dict, dotted: str, value) -> None:
 
 
 def expand_grid(cfg: dict) -> list[dict]:
-    """All runs of a sweep config, each a resolved ``{"task", "train", "run"}`` dict with ``id`` and ``label``.
+    """All runs of a sweep config, each a resolved ``{"task", "train", "run"}`` dict with ``id`` and ``label``
+    (and ``"system"``, the ``[system]`` table, when the config has one).
 
     The grid is the product of the ``[[runs]]`` entries and every list in ``[sweep]``: a dotted key
-    (``"task.alpha"``, ``"train.seed"``) sets that config key; a bare key (``learning_rate``, ``topology``,
-    ``momentum``) sets a run key.
+    (``"task.alpha"``, ``"train.seed"``, ``"system.latency"``) sets that config key; a bare key (``learning_rate``,
+    ``topology``, ``momentum``) sets a run key.
 
     Raises:
       ValueError: a ``[sweep]`` value that is not a non-empty list.
@@ -47,6 +48,8 @@ def expand_grid(cfg: dict) -> list[dict]:
         for combo in itertools.product(*[v for _, v in axes]):
             spec = {"task": copy.deepcopy(cfg.get("task", {})), "train": copy.deepcopy(cfg.get("train", {})),
                     "run": copy.deepcopy(run)}
+            if "system" in cfg:
+                spec["system"] = copy.deepcopy(cfg["system"])
             for (key, _), value in zip(axes, combo, strict=True):
                 if "." in key:
                     _set(spec, key, value)
@@ -61,14 +64,18 @@ def expand_grid(cfg: dict) -> list[dict]:
 
 
 def run_id(spec: dict) -> str:
-    """Stable 12-hex-digit id of a resolved run (hash of its task, train and run settings)."""
+    """Stable 12-hex-digit id of a resolved run (hash of its task, train and run settings, and its ``[system]``
+    table when it has one)."""
     core = {"task": spec["task"], "train": spec["train"], "run": {k: v for k, v in spec["run"].items() if k != "name"}}
+    if "system" in spec:
+        core["system"] = spec["system"]
     return hashlib.sha1(json.dumps(core, sort_keys=True, default=repr).encode()).hexdigest()[:12]
 
 
 def group_key(spec: dict) -> str:
     """Runs with equal group keys differ only in :data:`BATCHABLE` values and compile to one program."""
-    s = copy.deepcopy({"task": spec["task"], "train": spec["train"], "run": spec["run"]})
+    s = copy.deepcopy({"task": spec["task"], "train": spec["train"], "run": spec["run"],
+                       "system": spec.get("system")})
     for dotted in BATCHABLE:
         sect, key = dotted.split(".")
         s[sect].pop(key, None)
@@ -197,7 +204,8 @@ class Planned:
             check_compute_dtype(train["compute_dtype"])
             simdl.mixing.choose_method(topo, train["mixing"])
             simdl.faults.check_algorithm(train_faults(train), alg, topo, task)
-            self.built[spec["id"]] = (task, topo, fn, train)
+            system = simdl.systems.check_system(simdl.systems.from_config(spec.get("system")), topo, alg)
+            self.built[spec["id"]] = (task, topo, fn, train, system)
 
     def task(self, task_cfg: dict):
         key = json.dumps(task_cfg, sort_keys=True)
@@ -207,8 +215,9 @@ class Planned:
 
 
 def _record(spec: dict, res, group: int, wall: float) -> dict:
+    extra = {"system": spec["system"]} if "system" in spec else {}
     return {"id": spec["id"], "label": spec["label"], "task": spec["task"], "train": spec["train"],
-            "run": spec["run"], "group": group, "status": "ok" if res.diverged_at is None else "diverged",
+            "run": spec["run"], **extra, "group": group, "status": "ok" if res.diverged_at is None else "diverged",
             "diverged_at": res.diverged_at, "compiles": res.info["compiles"], **run_strategy(res.info),
             "batched_runs": res.info.get("batched_runs", 1), "wall_time_s": wall,
             "history": {k: v.tolist() for k, v in res.history.items()}, "final": res.final}
@@ -228,13 +237,14 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
             on_group(g, group, todo)
         if not todo:
             continue
-        task0, topo, fn, train = plan.built[todo[0]["id"]]
+        task0, topo, fn, train, system = plan.built[todo[0]["id"]]
         t0 = time.perf_counter()
         if len(todo) == 1:
             results = [simdl.simulate(task0, fn({}), topo, steps=train["steps"], batch_size=train["batch_size"],
                                       seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
                                       faults=train_faults(train), worker_batch=train["worker_batch"],
-                                      execution=train["execution"], compute_dtype=train["compute_dtype"])]
+                                      execution=train["execution"], compute_dtype=train["compute_dtype"],
+                                      system=system)]
         else:
             tasks = [plan.built[s["id"]][0] for s in todo]
             hps = [{"learning_rate": float(s["run"]["learning_rate"])} if "learning_rate" in s["run"] else {}
@@ -243,7 +253,8 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
             results = simulate_batch(tasks, fn, hps, topo, steps=train["steps"], batch_size=train["batch_size"],
                                      seeds=seeds, eval_every=train["eval_every"], mixing=train["mixing"],
                                      faults=train_faults(train), worker_batch=train["worker_batch"],
-                                     execution=train["execution"], compute_dtype=train["compute_dtype"])
+                                     execution=train["execution"], compute_dtype=train["compute_dtype"],
+                                     system=system)
         wall = time.perf_counter() - t0
         for spec, res in zip(todo, results, strict=True):
             rec = _record(spec, res, g, wall / len(todo))
