@@ -171,6 +171,10 @@ def as_system(system) -> SystemModel | None:
 
 
 FIELDS = SystemModel._fields
+#: The keys of a ``[system]`` config table (:func:`from_config`); ``compute_time`` tables take ``distribution`` =
+#: one of :data:`DISTRIBUTIONS`.
+KEYS = FIELDS
+DISTRIBUTIONS = ("lognormal", "slowdowns")
 
 
 def from_config(table: dict | None) -> SystemModel | None:
@@ -508,5 +512,6 @@ def build_clock(system, topology, algorithm) -> Clock | None:
     return Clock(system, topology, algorithm if isinstance(algorithm, str) else algorithm.name)
 
 
-__all__ = ["KINDS", "PATTERNS", "SYSTEM_STREAM", "Clock", "ClockState", "LogNormal", "Slowdowns", "SystemModel",
-           "as_system", "build_clock", "check_system", "from_config", "lognormal", "pattern", "slowdowns"]
+__all__ = ["DISTRIBUTIONS", "KEYS", "KINDS", "PATTERNS", "SYSTEM_STREAM", "Clock", "ClockState", "LogNormal",
+           "Slowdowns", "SystemModel", "as_system", "build_clock", "check_system", "from_config", "lognormal",
+           "pattern", "slowdowns"]

@@ -156,6 +156,23 @@ def test_event_loop_with_per_step_draws_and_graph_attributes():
     np.testing.assert_allclose(got, event_loop(9, edges, compute, lat, bw, sent), rtol=2e-6)
 
 
+def test_time_varying_topology_uses_each_steps_edges():
+    n, steps = 8, 9
+    topo = simdl.topologies.one_peer_exponential(n)
+    rng = np.random.default_rng(1)
+    compute, lat = rng.uniform(0.5, 1.5, n), rng.uniform(0.0, 1.0, (n, n))
+    clock = build_clock(SystemModel(compute_time=compute, latency=lat), topo, "dsgd")
+    got = clock_run(clock, jnp.full((n,), 4.0), steps, jax.random.PRNGKey(0))
+    start, ready = np.zeros(n), []
+    for k in range(steps):  # step by step: the phase's edges only
+        finish = start + compute
+        w = topo.weights_at(k)
+        start = np.array([max([finish[j]] + [finish[i] + lat[i, j] for i in range(n) if i != j and w[j, i]])
+                          for j in range(n)])
+        ready.append(start)
+    np.testing.assert_allclose(got, np.asarray(ready), rtol=2e-6)
+
+
 def test_simulate_matches_event_loop_end_to_end():
     rng = np.random.default_rng(11)
     n, dim = 7, 6
