@@ -67,7 +67,12 @@ def estimate(task: Task, algorithm: Algorithm, topology, batch_size: int, worker
     """Memory needed to simulate ``algorithm`` on ``task`` over ``topology`` with per-worker batch ``batch_size``.
 
     Args:
-      task, algorithm, topology, batch_size, worker_batch, mixing: as for :func:`simdl.simulate`.
+      task: the task, as for :func:`simdl.simulate`.
+      algorithm: the algorithm, as for :func:`simdl.simulate`.
+      topology: the topology, as for :func:`simdl.simulate`.
+      batch_size: per-worker batch size, as for :func:`simdl.simulate`.
+      worker_batch: workers whose gradients are computed at once, as for :func:`simdl.simulate`.
+      mixing: mixing method, as for :func:`simdl.simulate`.
       compile: also lower and compile one step for XLA's buffer sizes (seconds for large models); ``False``
         gives only the exact sizes computed from shapes.
       compute_dtype: ``"float32"`` or ``"bfloat16"``, as for :func:`simdl.simulate` (only the compiled step's

@@ -55,7 +55,11 @@ def local_sgd(learning_rate, local_steps: int = 4, momentum: float = 0.0, nester
     Args:
       learning_rate: float or optax schedule (see :mod:`simdl.schedules` for the cyclical ones of Xu 2018).
       local_steps: H ≥ 1; H = 1 is all-reduce.
-      momentum, nesterov, weight_decay, optimizer, weight_decay_mask: the local optimizer (see ``dsgd``).
+      momentum: local momentum β of the local optimizer (see ``dsgd``); 0 = plain SGD.
+      nesterov: Nesterov local momentum.
+      weight_decay: λ, added to the gradient before momentum.
+      optimizer: optional optax transformation used as the local optimizer instead of SGD.
+      weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
       momentum_sync: what happens to the local optimizer's float state (momentum buffers) at an averaging step:
         ``"keep"`` (local, default), ``"reset"`` (zeroed) or ``"average"`` (averaged like the models).
       weighted: average weighted by the workers' shard sizes (FedAvg) rather than uniformly.

@@ -59,7 +59,11 @@ def choco_sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weig
 
     Args:
       learning_rate: float or optax schedule.
-      momentum, nesterov, weight_decay, optimizer, weight_decay_mask: the local optimizer (D = its update / −η).
+      momentum: local momentum β of the local optimizer (D = its update / −η); 0 = plain SGD.
+      nesterov: Nesterov local momentum.
+      weight_decay: λ, added to the gradient before momentum.
+      optimizer: optional optax transformation used as the local optimizer instead of SGD.
+      weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
       gamma: consensus step size γ ∈ (0, 1]. The paper tunes γ per compressor and graph *(no universal default)*;
         0.1 suits top-10% on rings (see tests); γ = 1 with the identity compressor is exact gossip.
       compressor: a :class:`simdl.compression.Compressor`, or a name in :data:`simdl.compression.COMPRESSORS`.

@@ -205,8 +205,11 @@ def dynamic_averaging(
 
     Args:
       learning_rate: float or optax schedule.
-      momentum, nesterov, weight_decay, optimizer, weight_decay_mask: the local optimizer (see ``dsgd``); momentum
-        buffers stay local.
+      momentum: local momentum β of the local optimizer (see ``dsgd``); 0 = plain SGD; momentum buffers stay local.
+      nesterov: Nesterov local momentum.
+      weight_decay: λ, added to the gradient before momentum.
+      optimizer: optional optax transformation used as the local optimizer instead of SGD.
+      weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
       delta: the divergence threshold Δ ≥ 0 on the squared distance ``‖x_i − r‖²`` (parameter units squared). The
         paper tunes Δ per experiment (there is no universal default); 1.0 is a placeholder. Δ = 0 is periodic
         averaging every ``check_every`` steps.

@@ -223,7 +223,8 @@ def qg_adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 
     Args:
       learning_rate: float or optax schedule.
-      b1, b2: β1, β2 ∈ [0, 1).
+      b1: β1 ∈ [0, 1).
+      b2: β2 ∈ [0, 1).
       eps: ε > 0 in the Adam denominator.
       weight_decay: λ ≥ 0, L2 ``λ x`` added to the gradient.
       variant: ``"v2"``, ``"paper"`` or ``"v1"``.

@@ -218,9 +218,12 @@ def sgp(learning_rate, momentum: float = 0.9, nesterov: bool = True, weight_deca
 
     Args:
       learning_rate: float or optax schedule.
-      momentum, nesterov, weight_decay, optimizer, weight_decay_mask: the local optimizer, fed the gradient at z
-        (weight decay uses z). ``nesterov`` only applies with ``momentum > 0``: ``momentum=0`` is plain SGD (or
+      momentum: local momentum β of the local optimizer, which is fed the gradient at z.
+      nesterov: Nesterov local momentum; only applies with ``momentum > 0``: ``momentum=0`` is plain SGD (or
         ``optimizer``) whatever ``nesterov`` says (recorded as ``nesterov=False``).
+      weight_decay: λ, added to the gradient before momentum (weight decay uses z).
+      optimizer: optional optax transformation used as the local optimizer instead of SGD.
+      weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
       push_weights: ``"topology"`` (default: the topology's ``weights_at(t)``, which must then be column-stochastic,
         e.g. any doubly stochastic W), ``"out_degree"`` (uniform split over self + out-neighbours of the topology's
         support, for general directed graphs), or custom column-stochastic (n, n) matrices (one, or a sequence used

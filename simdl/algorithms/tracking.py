@@ -52,8 +52,12 @@ def gradient_tracking(learning_rate, momentum: float = 0.0, nesterov: bool = Fal
 
     Args:
       learning_rate: float or optax schedule.
-      momentum, nesterov, weight_decay, optimizer, weight_decay_mask: the local optimizer producing U_t
-        (see :func:`simdl.algorithms.local.local_optimizer`); default plain SGD, ``U = −η g``.
+      momentum: local momentum β of the local optimizer producing U_t (see
+        :func:`simdl.algorithms.local.local_optimizer`); default 0, plain SGD, ``U = −η g``.
+      nesterov: Nesterov local momentum.
+      weight_decay: λ, added to the gradient before momentum.
+      optimizer: optional optax transformation used as the local optimizer instead of SGD.
+      weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
 
     Returns:
       :class:`Algorithm` with state :class:`TrackingState`; ``aux`` has ``lr`` and ``bytes_sent`` (two models per
