@@ -96,6 +96,10 @@ def combine_seeds(seed_runs: list[dict]) -> dict:
     seed stops early); ``final``: the mean over seeds of each final metric (``step``: the smallest final step);
     ``final_std``: the sample standard deviation (``ddof=1``) over seeds, ``None`` with one seed.
     """
+    if len(seed_runs) == 1:  # one seed: its own history and final, unchanged
+        sr = seed_runs[0]
+        return {"history": dict(sr["history"]), "final": dict(sr["final"]),
+                "final_std": {k: None for k in sr["final"] if k != "step"}}
     n = min(len(sr["history"].get("step", [])) for sr in seed_runs)
     keys = [k for k in seed_runs[0]["history"] if all(k in sr["history"] for sr in seed_runs)]
     history = {}

@@ -122,3 +122,20 @@ def test_seeded_run_matches_single_seed_runs(tmp_path):
     assert single["seed"] == 1
     np.testing.assert_allclose(batched[1]["history"]["avg_model_loss"], single["history"]["avg_model_loss"],
                                rtol=1e-4)
+
+
+def test_tensorboard_gets_one_folder_per_seed(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from simdl.tensorboard import read_scalars, run_folder
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.replace("seeds = [0, 1, 2]", "seeds = [0, 1]"))
+    tb = tmp_path / "tb"
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--no-plots", "--runs", "0",
+                 "--tensorboard", str(tb)]) == 0
+    rec = json.loads((tmp_path / "o" / "results.json").read_text())["runs"][0]
+    assert sorted(p.name for p in tb.iterdir()) == [run_folder("dsgd/ring/seed0"), run_folder("dsgd/ring/seed1")]
+    for sr in rec["seed_runs"]:
+        steps, values = read_scalars(tb / run_folder(f"dsgd/ring/seed{sr['seed']}"))["avg_model_loss"]
+        assert steps.tolist() == sr["history"]["step"]
+        np.testing.assert_allclose(values, sr["history"]["avg_model_loss"], rtol=1e-6)
