@@ -250,6 +250,7 @@ def cmd_list() -> int:
 
 def cmd_run(args) -> int:
     from simdl.config import train_seeds
+    from simdl.schema import check_config
     from simdl.scale import apply_scale
 
     check_out(args.out)
@@ -257,6 +258,7 @@ def cmd_run(args) -> int:
     for item in args.overrides:
         cfg = apply_override(cfg, item)
     cfg = apply_scale(cfg)
+    check_config(cfg)  # every value's type, before anything is built
     train = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto", "worker_batch": None,
              "execution": "auto", "compute_dtype": "float32"}
     unknown = sorted(set(cfg.get("train", {})) - set(TRAIN_KEYS))
@@ -401,11 +403,14 @@ def cmd_run(args) -> int:
 
 def _load_sweep(args) -> dict:
     from simdl.scale import apply_scale
+    from simdl.schema import check_config
 
     cfg = load_config(args.config, extra_sections=("sweep",))
     for item in args.overrides:
         cfg = apply_override(cfg, item, extra_sections=("sweep",))
-    return apply_scale(cfg)
+    cfg = apply_scale(cfg)
+    check_config(cfg)  # every value's type and every sweep axis, before the first run
+    return cfg
 
 
 def cmd_sweep(args, cfg: dict | None = None) -> int:

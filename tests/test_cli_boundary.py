@@ -193,12 +193,13 @@ def test_out_that_cannot_be_written_is_rejected_even_as_root(tmp_path, capsys, m
 
 
 def test_unprepared_tfds_dataset_is_a_short_error_with_the_command_that_prepares_it(tmp_path, monkeypatch, capsys):
-    """A paper config whose tensorflow-datasets dataset is not prepared: at most 5 lines, exit 2, no traceback."""
+    """A paper config whose tensorflow-datasets dataset is not prepared, at full scale: at most 5 lines, exit 2, no
+    traceback (the tiny scale swaps in a stand-in instead, tests/test_stand_in.py)."""
     from simdl.cli import main
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
     config = Path(__file__).resolve().parent.parent / "configs" / "kamp_mnist_cnn_dynamic.toml"
-    code = main(["run", str(config), "--set", "scale=tiny", "--out", str(tmp_path / "out")])
+    code = main(["run", str(config), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     lines = [x for x in err.splitlines() if x.strip()]

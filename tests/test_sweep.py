@@ -72,7 +72,7 @@ def test_sweep_dry_run_and_bad_grid(tmp_path, capsys):
     bad = tmp_path / "b.toml"
     bad.write_text(CFG.replace('topology = ["ring", "complete"]', 'topology = "ring"'))
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
-    assert "must be a non-empty list" in capsys.readouterr().err
+    assert "expected a non-empty list" in capsys.readouterr().err
     bad.write_text(CFG.replace('"ring", "complete"', '"ring", "moebius"'))
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o3"), "--quiet"]) == 2
     assert "moebius" in capsys.readouterr().err
