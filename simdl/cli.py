@@ -250,8 +250,8 @@ def cmd_list() -> int:
 
 def cmd_run(args) -> int:
     from simdl.config import train_seeds
-    from simdl.schema import check_config
     from simdl.scale import apply_scale
+    from simdl.schema import check_config
 
     check_out(args.out)
     cfg = load_config(args.config)
