@@ -23,7 +23,9 @@ config layout (TOML; every key can be overridden with --set section.key=value):
                   classes_per_worker (shards), seed  -- or kind = "random_quadratics" with dim, mu, L, zeta2, r0, noise,
                   convention ("half" | "relaysgd": objective without the 1/2, noise sigma/sqrt(dim) per coordinate)
   [train]         steps (or epochs: steps = epochs * ceil(shard / batch)), batch_size (per worker), eval_every,
-                  seed, mixing (auto | dense | sparse | shift | mean),
+                  seed, or seeds (a list: simdl run runs every row over them in one batched program and reports
+                  mean +- std; a sweep expands them like a train.seed axis),
+                  mixing (auto | dense | sparse | shift | mean),
                   worker_batch (compute gradients k workers at a time to bound memory; see --memory),
                   execution (auto | vmap | map | loop: how per-worker gradients run; auto = measured choice),
                   compute_dtype (float32 | bfloat16: dtype of the per-worker forward/backward passes; params,
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate decentralized deep learning on one machine: n workers vectorized with jax.vmap.",
         epilog="Run 'simdl run --help' for the config format and examples; 'simdl list' for valid names.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    r = sub.add_parser("run", help="run an experiment (default: digits, 16 workers, several algorithms)",
+    r = sub.add_parser("run", help="run an experiment (default: digits, 64 workers, 7 algorithms, 3 seeds)",
                        description="Run every [[runs]] entry of CONFIG on one task and write results, a summary "
                                    "table and plots.",
                        epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)

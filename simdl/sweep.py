@@ -31,17 +31,25 @@ def expand_grid(cfg: dict) -> list[dict]:
 
     The grid is the product of the ``[[runs]]`` entries and every list in ``[sweep]``: a dotted key
     (``"task.alpha"``, ``"train.seed"``, ``"system.latency"``) sets that config key; a bare key (``learning_rate``,
-    ``topology``, ``momentum``) sets a run key.
+    ``topology``, ``momentum``) sets a run key. ``[train] seeds = [...]`` is one more ``"train.seed"`` axis.
 
     Raises:
-      ValueError: a ``[sweep]`` value that is not a non-empty list.
+      ValueError: a ``[sweep]`` value that is not a non-empty list; ``[train] seeds`` with a ``"train.seed"`` axis.
     """
+    from simdl.config import train_seeds
+
     grid = cfg.get("sweep", {})
     axes = []
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"[sweep] {key} must be a non-empty list of values, got {values!r}")
         axes.append((key, values))
+    if "seeds" in cfg.get("train", {}):  # [train] seeds in a sweep: the same as a "train.seed" axis
+        if "train.seed" in grid:
+            raise ValueError("give [train] seeds or a [sweep] \"train.seed\" axis, not both")
+        seeds = train_seeds(cfg["train"])
+        cfg = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "seeds"}}
+        axes.append(("train.seed", seeds))
     runs = expand_runs({k: v for k, v in cfg.items() if k != "sweep"})
     out = []
     for run in runs:

@@ -102,3 +102,17 @@ topology = "ring"
     assert len(best) == 1 and float(best[0]["best_learning_rate"]) in (0.05, 0.2)
     rec = json.loads(next((tmp_path / "t" / "runs").glob("*.json")).read_text())
     assert rec["task"]["validation"] == 0.1
+
+
+def test_train_seeds_in_a_sweep_is_a_seed_axis():
+    """``[train] seeds`` in a sweep config expands like a ``train.seed`` axis (not silently ignored)."""
+    from simdl.sweep import expand_grid
+
+    cfg = {"task": {"kind": "random_quadratics", "n_workers": 4}, "train": {"steps": 2, "seeds": [3, 5]},
+           "runs": [{"algorithm": "dsgd", "learning_rate": 0.1}], "sweep": {"topology": ["ring", "chain"]}}
+    specs = expand_grid(cfg)
+    assert sorted((s["run"]["topology"], s["train"]["seed"]) for s in specs) == [
+        ("chain", 3), ("chain", 5), ("ring", 3), ("ring", 5)]
+    assert all("seeds" not in s["train"] for s in specs)
+    with pytest.raises(ValueError, match="not both"):
+        expand_grid({**cfg, "sweep": {"train.seed": [0, 1]}})
