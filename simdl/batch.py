@@ -172,7 +172,8 @@ def simulate_batch(
     out = []
     for r in range(R):
         hist = recs[r].arrays()
-        params_r = jax.tree_util.tree_map(lambda x, r=r: x[r], algs[r].params(state))
+        state_r = jax.tree_util.tree_map(lambda x, r=r: x[r], state)
+        params_r = algs[r].params(state_r)  # run r's own state first: params may combine leaves (SGP's x / w)
         info = {"task": tasks[r].info | {"name": tasks[r].name},
                 "algorithm": {"name": algs[r].name, **algs[r].hyperparams, **hparams[r]},
                 "topology": topology.describe(), "steps": steps, "batch_size": batch_size, "seed": seeds[r],
@@ -185,5 +186,5 @@ def simulate_batch(
         if clock is not None:
             info["system"] = clock.system.describe()
         out.append(SimulationResult(params_r, hist, {k: float(v[-1]) for k, v in hist.items()}, diverged[r], info,
-                                    jax.tree_util.tree_map(lambda x, r=r: x[r], state)))
+                                    state_r))
     return out
