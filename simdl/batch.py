@@ -24,6 +24,8 @@ from simdl.simulate import (
     check_compute_dtype,
     check_execution,
     device_info,
+    final_values,
+    host_metrics,
     init_state,
     resolve_execution,
     validate,
@@ -152,8 +154,8 @@ def simulate_batch(
         for r in range(R):
             if diverged[r] is None and bad[r] >= 0:
                 diverged[r] = int(bad[r])
-            m = {k: float(v[r]) for k, v in metrics.items()}
-            if diverged[r] is None and not all(np.isfinite(v) for v in m.values()):
+            m = host_metrics({k: np.asarray(v)[r] for k, v in metrics.items()})
+            if diverged[r] is None and not all(np.all(np.isfinite(v)) for v in m.values()):
                 diverged[r] = done
             if diverged[r] is not None:
                 rows.append(None)
@@ -185,6 +187,6 @@ def simulate_batch(
                 "steps_done": int(hist["step"][-1]) if len(hist.get("step", [])) else 0, **device_info()}
         if clock is not None:
             info["system"] = clock.system.describe()
-        out.append(SimulationResult(params_r, hist, {k: float(v[-1]) for k, v in hist.items()}, diverged[r], info,
+        out.append(SimulationResult(params_r, hist, final_values(hist), diverged[r], info,
                                     state_r))
     return out

@@ -104,6 +104,8 @@ def combine_seeds(seed_runs: list[dict]) -> dict:
     keys = [k for k in seed_runs[0]["history"] if all(k in sr["history"] for sr in seed_runs)]
     history = {}
     for k in keys:
+        if np.ndim(seed_runs[0]["history"][k]) != 1:  # per-worker (evaluations, n): kept per seed in seed_runs only
+            continue
         cols = np.asarray([[np.nan if x is None else float(x) for x in np.asarray(sr["history"][k])[:n]]
                            for sr in seed_runs], dtype=np.float64)
         history[k] = cols.mean(axis=0).tolist()

@@ -278,6 +278,21 @@ def init_state(task: Task, algorithm: Algorithm, topology, mixer, seed: int):
 BLOWUP_FACTOR = 1e3
 
 
+def host_metrics(metrics: dict) -> dict:
+    """One evaluation's metrics on the host: a scalar as a Python float, a per-worker ``(n,)`` metric (e.g.
+    ``worker_accuracy``) as a list of floats (the history stacks it to ``(evaluations, n)``)."""
+    out = {}
+    for k, v in metrics.items():
+        a = np.asarray(v, np.float64)
+        out[k] = float(a) if a.ndim == 0 else a.tolist()
+    return out
+
+
+def final_values(history: dict) -> dict:
+    """The last value of every scalar history metric (per-worker metrics, ``(evaluations, n)``, are left out)."""
+    return {k: float(v[-1]) for k, v in history.items() if np.ndim(v) == 1 and len(v)}
+
+
 def blew_up(first: dict, row: dict, factor: float = BLOWUP_FACTOR) -> bool:
     """Whether evaluation ``row`` shows a blow-up relative to the run's ``first`` evaluation row: the mean loss grew
     beyond ``factor`` × its first value and the consensus distance Ξ² beyond ``factor`` × its first value (floored
@@ -547,9 +562,9 @@ def simulate(
                 break
             done += length
             te = time.perf_counter()
-            metrics = {k: float(v) for k, v in run_eval(task.data, alg_state(state)).items()}
+            metrics = host_metrics(run_eval(task.data, alg_state(state)))
             eval_times.append(time.perf_counter() - te)
-            if not all(np.isfinite(v) for v in metrics.values()):
+            if not all(np.all(np.isfinite(v)) for v in metrics.values()):
                 diverged_at = done
                 break
             if clock is not None:
@@ -572,7 +587,7 @@ def simulate(
             mgr.close()
     wall = time.perf_counter() - t0
     hist = rec.arrays()
-    final = {k: float(v[-1]) for k, v in hist.items()}
+    final = final_values(hist)
     state = alg_state(state)
     state_params = jax.eval_shape(algorithm.params, state)
     info = {

@@ -74,8 +74,8 @@ class RunWriter:
         """Log a whole history (metric -> values over evaluation points, aligned with ``history[step_key]``)."""
         steps = list(np.asarray(history[step_key]).tolist())
         for i in range(len(steps)):
-            self.add_row({k: np.asarray(v)[i].item() for k, v in history.items() if len(np.asarray(v)) > i},
-                         step_key)
+            self.add_row({k: np.asarray(v)[i].item() for k, v in history.items()
+                          if np.ndim(v) == 1 and len(np.asarray(v)) > i}, step_key)  # per-worker metrics skipped
 
     def close(self) -> None:
         self._writer.flush()

@@ -1,7 +1,8 @@
 """Golden histories: runs recorded before the runtime redesign (``tests/golden/cases.py``) must be reproduced.
 
-Every history key must match bit for bit, except the cases listed in :data:`REASSOCIATED`, where the order of
-floating-point operations had to change; those are compared with the stated relative tolerance (and the reason).
+Every history key must match bit for bit, except the cases listed in :data:`REASSOCIATED` and the keys listed in
+:data:`REASSOCIATED_KEYS`, where the order of floating-point operations had to change; those are compared with the
+stated relative tolerance (and the reason).
 Re-record only for a deliberate change of semantics: ``python tests/golden/cases.py record``.
 
 The histories are stored per CPU instruction set (``cases.isa()``: XLA:CPU's AVX-512 and AVX2 code differ in the
@@ -21,6 +22,14 @@ import cases  # noqa: E402
 
 #: case name -> (rtol, why the floating-point order of operations changed). Empty: everything is bit-identical.
 REASSOCIATED: dict[str, tuple[float, str]] = {}
+
+#: history key -> (rtol, why): keys whose evaluation (not the training trajectory) is fused differently now. The
+#: per-worker evaluation also returns each worker's test loss (history ``worker_test_loss``), so XLA fuses the
+#: evaluation scan's loss and accuracy sums together and an accuracy can differ by one float32 ulp (6e-8).
+REASSOCIATED_KEYS: dict[str, tuple[float, str]] = {
+    "worker_accuracy_mean": (1e-6, "per-worker loss output changes the evaluation's fusion"),
+    "worker_accuracy_min": (1e-6, "per-worker loss output changes the evaluation's fusion"),
+}
 
 #: tolerance against another instruction set's store (float32 reassociation over a few dozen steps; the atol is for
 #: consensus distances at round-off level, ~1e-16, under exact averaging).
@@ -44,10 +53,11 @@ def _compare(name: str, hist: dict) -> None:
     for key, ref in want.items():
         got = np.asarray(hist[key])
         assert got.shape == ref.shape, f"{name}/{key}: shape {got.shape} != golden {ref.shape}"
-        if rtol == 0.0:
+        key_rtol = max(rtol, REASSOCIATED_KEYS.get(key, (0.0, ""))[0])
+        if key_rtol == 0.0:
             np.testing.assert_array_equal(got, ref, err_msg=f"{name}/{key} is not bit-identical")
         else:
-            np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol, err_msg=f"{name}/{key}")
+            np.testing.assert_allclose(got, ref, rtol=key_rtol, atol=atol, err_msg=f"{name}/{key}")
 
 
 @pytest.mark.parametrize("name", sorted(cases.single_cases()))

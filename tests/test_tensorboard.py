@@ -97,7 +97,7 @@ def test_missing_tensorboardx_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("bad,needle", [
     ("train.message_drop=1.5", "message_drop must be a number in [0, 1]"),
-    ("train.drop=0.1", "unknown [train] key"),
+    ("train.drop=0.1", "train.drop: unknown key"),
 ])
 def test_bad_fault_config_rejected_before_running(tmp_path, capsys, bad, needle):
     cfg = tmp_path / "c.toml"

@@ -121,7 +121,8 @@ def classification(
       A :class:`Task`. Every worker holds exactly ``N // n`` training samples; inputs are stored as given (uint8
       for images) and normalised on device per batch. ``evaluate`` reports ``avg_model_loss`` (training objective at
       x̄), ``avg_model_test_loss``, ``avg_model_accuracy`` (test accuracy of x̄), ``worker_accuracy_mean`` and
-      ``worker_accuracy_min`` (test accuracy of each worker's own model).
+      ``worker_accuracy_min`` (test accuracy of each worker's own model), and per worker ``worker_accuracy`` and
+      ``worker_test_loss`` (float ``(n,)`` each; the history keeps them as ``(evaluations, n)`` arrays).
 
     Raises:
       ValueError: unknown dataset / model / partition names (listing valid ones), α ≤ 0, k > number of classes,
@@ -251,14 +252,16 @@ def classification(
         train_loss, _ = _scan_eval(xbar, data["train_eval"])
         group = worker_eval_group(stacked, worker_test[0].shape[1])
         strategy = "vmap" if group >= n else "map"
-        _, worker_acc = per_worker_apply(lambda p: _scan_eval(p, data["worker_test"]), strategy,
-                                         None if strategy == "vmap" else group)(stacked)
+        worker_loss, worker_acc = per_worker_apply(lambda p: _scan_eval(p, data["worker_test"]), strategy,
+                                                   None if strategy == "vmap" else group)(stacked)
         return {
             "avg_model_loss": train_loss,
             "avg_model_test_loss": test_loss,
             "avg_model_accuracy": test_acc,
             "worker_accuracy_mean": jnp.mean(worker_acc),
             "worker_accuracy_min": jnp.min(worker_acc),
+            "worker_accuracy": worker_acc,  # (n,): the history keeps it as (evaluations, n)
+            "worker_test_loss": worker_loss,
         }
 
     info = {"dataset": ds.name, "model": model, "n_workers": n, "partition": partition, "shard_size": shard,
