@@ -320,3 +320,18 @@ def test_sweep_uses_the_system_section(tmp_path, capsys):
     bad.write_text(SWEEP.replace("latency = 0.0", "latency = -1.0"))
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     assert "latency must be seconds" in capsys.readouterr().err
+
+
+def test_simdl_run_uses_the_system_section(tmp_path):
+    """``simdl run`` with a ``[system]`` table: constant compute 1 s, free links → sim_time_s = step, per seed."""
+    import json
+
+    from simdl.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[task]\nkind = "random_quadratics"\nn_workers = 4\ndim = 3\n[train]\nsteps = 6\neval_every = 3\n'
+                   'seeds = [0, 1]\n[system]\ncompute_time = 1.0\n[[runs]]\nalgorithm = "dsgd"\nlearning_rate = 0.1\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--no-plots"]) == 0
+    (run,) = json.loads((tmp_path / "o" / "results.json").read_text())["runs"]
+    assert run["history"]["sim_time_s"] == [3.0, 6.0]
+    assert all(sr["history"]["sim_time_s"] == [3.0, 6.0] for sr in run["seed_runs"])
