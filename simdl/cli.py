@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--validation", type=float, default=0.1, metavar="FRACTION",
                     help="fraction of the training set held out for validation (default 0.1; classification only)")
     sub.add_parser("list", help="list valid algorithm, topology, dataset, model and partition names")
+    rp = sub.add_parser("report", help="regenerate the tables and plots of a finished run or sweep folder",
+                        description="Rewrite the tables and plots of DIR from its saved results, computing nothing: "
+                                    "a 'simdl run' folder (DIR/results.json: summary.csv, the printed table, the "
+                                    "figures) or a 'simdl sweep'/'tune' folder (DIR/runs/*.json: sweep.csv, "
+                                    "best_lr.csv, heatmap.png, ...; swept keys are the ones whose value differs "
+                                    "between the saved runs).")
+    rp.add_argument("dir", metavar="DIR", help="output folder of simdl run / sweep / tune")
+    rp.add_argument("--heatmap", metavar="KEY_X,KEY_Y", default=None,
+                    help="sweep folder: two swept keys for heatmap.png (default: the first two with several values)")
+    rp.add_argument("--no-plots", action="store_true", help="tables only")
     return p
 
 
@@ -515,6 +525,69 @@ def cmd_tune(args) -> int:
     return cmd_sweep(args, cfg)
 
 
+def cmd_report(args) -> int:
+    """``simdl report DIR``: the tables and plots of a finished ``simdl run`` folder (``results.json``) or sweep
+    folder (``runs/*.json``) from the saved results."""
+    out = Path(args.dir)
+    if (out / "results.json").is_file():
+        import csv
+        import io
+
+        from simdl.plots import plot_runs
+        from simdl.results import SUMMARY_COLUMNS, atomic_write_text, summary_rows
+
+        payload = json.loads((out / "results.json").read_text())
+        rows = summary_rows(payload["runs"])
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        atomic_write_text(out / "summary.csv", buf.getvalue())
+        written = [] if args.no_plots else plot_runs(payload["runs"], out, payload)
+        _print_table(rows)
+        print(f"\nwrote {out / 'summary.csv'}" + "".join(f", {p}" for p in written))
+        return 0
+    runs = out / "runs"
+    if not (runs.is_dir() and any(runs.glob("*.json"))):
+        raise ValueError(f"report: {out} has neither results.json (simdl run) nor runs/*.json (simdl sweep)")
+    from simdl.sweep_report import (
+        best_learning_rates,
+        describe_best_lr,
+        headline_metric,
+        infer_swept,
+        load_records,
+        plot_sweep,
+        write_best_lr,
+        write_csv,
+    )
+
+    records = load_records(out)
+    if any("label" not in r for r in records):
+        raise ValueError(f"report: {runs} holds run records without results.json (an interrupted simdl run?); "
+                         f"run the same simdl run command again to finish it")
+    swept = infer_swept(records)
+    write_csv(records, swept, out)
+    lr_rows = best_learning_rates(records, swept) if "learning_rate" in swept else []
+    write_best_lr(lr_rows, out)
+    written = []
+    if not args.no_plots:
+        hm = tuple(args.heatmap.split(",")) if args.heatmap else None
+        if hm is not None and len(hm) != 2:
+            raise ValueError(f"--heatmap needs two keys KEY_X,KEY_Y, got {args.heatmap!r}")
+        written = plot_sweep(records, swept, out, hm)
+    metric, _ = headline_metric(records)
+    _print_table([{"name": r["label"], "status": r["status"], **r["final"], "wall_time_s": r.get("wall_time_s")}
+                  for r in records])
+    if lr_rows:
+        print(f"\nbest learning rate per cell ({metric}):")
+        for r in lr_rows:
+            print(f"  {describe_best_lr(r, metric)}")
+    print(f"\n{len(records)} runs (swept: {', '.join(swept) or 'nothing'}); wrote {out / 'sweep.csv'}"
+          + "".join(f", {p}" for p in written))
+    return 0
+
+
 def _interrupted(args, argv: list[str], signame: str) -> str:
     """The one line printed when a command is stopped: what is saved and how to resume."""
     if args.command not in ("run", "sweep", "tune"):
@@ -571,6 +644,8 @@ def _dispatch(args) -> int:
             return cmd_sweep(args)
         if args.command == "tune":
             return cmd_tune(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args)
     except (ValueError, FileNotFoundError) as e:  # bad values; a dataset that is not prepared (says how to)
         print(f"simdl: error: {e}", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -140,6 +142,7 @@ def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[
     if "task.alpha" in swept:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         groups = cells(records, ["algorithm", "topology"])
+        n_alpha: set = set()
         for (alg, topo), recs in sorted(groups.items()):
             by_a = defaultdict(list)
             for r in recs:
@@ -153,15 +156,18 @@ def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[
                                             key=lambda v: np.mean(v) * (1 if higher else -1))
             xs = sorted(by_a)
             ys = [np.mean(by_a[x]) for x in xs]
-            es = [np.std(by_a[x]) for x in xs]
+            es = [np.std(by_a[x], ddof=1) if len(by_a[x]) > 1 else 0.0 for x in xs]
+            n_alpha.update(len(by_a[x]) for x in xs)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{alg}/{topo}")
         ax.set_xscale("log")
         ax.set_xlabel("Dirichlet α (smaller = more heterogeneous)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "metric_vs_alpha.png", dpi=110)
+        ns = "/".join(str(n) for n in sorted(n_alpha))
+        ax.set_title(f"final {metric}: mean ± std (ddof=1) over {ns} run(s) per point"
+                     + (" (best learning rate per α)" if "learning_rate" in swept else ""), fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        fig.savefig(out / "metric_vs_alpha.png", dpi=130, bbox_inches="tight")
         plt.close(fig)
         written.append(out / "metric_vs_alpha.png")
     if heatmap is None:
@@ -169,30 +175,7 @@ def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[
         multi = list(dict.fromkeys(multi))
         heatmap = (multi[0], multi[1]) if len(multi) >= 2 else None
     if heatmap is not None:
-        kx, ky = heatmap
-        grid = cells(records, [ky, kx])
-        xs = sorted({c[1] for c in grid}, key=_sortkey)
-        ys = sorted({c[0] for c in grid}, key=_sortkey)
-        z = np.full((len(ys), len(xs)), np.nan)
-        for (vy, vx), recs in grid.items():
-            vals = [_score(r, metric, higher) for r in recs]
-            z[ys.index(vy), xs.index(vx)] = np.mean([v for v in vals if np.isfinite(v)]) if any(
-                np.isfinite(vals)) else np.nan
-        fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 3, 0.5 * len(ys) + 2))
-        im = ax.imshow(z, cmap="viridis" if higher else "viridis_r", aspect="auto")
-        ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(ys)), ys, fontsize=8)
-        for i in range(len(ys)):
-            for j in range(len(xs)):
-                if np.isfinite(z[i, j]):
-                    ax.text(j, i, f"{z[i, j]:.3g}", ha="center", va="center", fontsize=7, color="w")
-        ax.set_xlabel(kx)
-        ax.set_ylabel(ky)
-        fig.colorbar(im, label=f"{metric} (mean over the rest)")
-        fig.tight_layout()
-        fig.savefig(out / "heatmap.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "heatmap.png")
+        written.append(plot_heatmap(records, heatmap, metric, higher, out))
     if "learning_rate" in swept:
         rows = best_learning_rates(records, swept)
         fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.5))
@@ -203,11 +186,107 @@ def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("best learning rate")
-        fig.tight_layout()
-        fig.savefig(out / "best_lr.png", dpi=110)
+        ax.set_title(f"best learning rate per cell (by mean final {metric} over seeds)", fontsize=9)
+        fig.savefig(out / "best_lr.png", dpi=130, bbox_inches="tight")
         plt.close(fig)
         written.append(out / "best_lr.png")
     return written
+
+
+def spread_label(counts: list[int], varying: list[str]) -> str:
+    """What a heatmap cell's ± is taken over: ``N seeds`` when only ``train.seed`` varies inside the cells,
+    else ``N runs`` naming the keys that vary."""
+    ns = "/".join(str(n) for n in sorted(set(counts)))
+    if varying == ["train.seed"]:
+        return f"{ns} seeds"
+    return f"{ns} runs" + (f" ({', '.join(varying)})" if varying else "")
+
+
+def plot_heatmap(records: list[dict], keys: tuple[str, str], metric: str, higher: bool, out: Path) -> Path:
+    """``heatmap.png``: the final ``metric`` per (``keys[0]``, ``keys[1]``) cell as the mean over the cell's runs,
+    annotated ``mean ± std`` (sample std, ``ddof=1``, over the runs of a cell: seeds and the other swept keys);
+    diverged runs are left out of a cell's mean and counted in its annotation."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    kx, ky = keys
+    grid = cells(records, [ky, kx])
+    xs = sorted({c[1] for c in grid}, key=_sortkey)
+    ys = sorted({c[0] for c in grid}, key=_sortkey)
+    z = np.full((len(ys), len(xs)), np.nan)
+    sd = np.full_like(z, np.nan)
+    bad = np.zeros(z.shape, int)
+    counts = []
+    for (vy, vx), recs in grid.items():
+        vals = np.array([_score(r, metric, higher) for r in recs])
+        ok = vals[np.isfinite(vals)]
+        i, j = ys.index(vy), xs.index(vx)
+        bad[i, j] = len(vals) - len(ok)
+        counts.append(len(vals))
+        if len(ok):
+            z[i, j] = ok.mean()
+            sd[i, j] = ok.std(ddof=1) if len(ok) > 1 else np.nan
+    inner = [k for k in _record_keys(records) if k not in (kx, ky) and k not in ("algorithm", "topology")
+             and len({json.dumps(_get(r, k), sort_keys=True, default=repr) for r in records}) > 1]
+    inner = [k for k in ("algorithm", "topology") if k not in (kx, ky)
+             and len({str(swept_value(r, k)) for r in records}) > 1] + inner
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(xs) + 2.5), max(3.0, 0.6 * len(ys) + 1.8)))
+    cmap = plt.get_cmap("viridis" if higher else "viridis_r")
+    im = ax.imshow(z, cmap=cmap, aspect="auto")
+    tilt = sum(map(len, xs)) > 8 * len(xs) or max(map(len, xs)) > 12
+    ax.set_xticks(range(len(xs)), xs, rotation=30 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+    ax.set_yticks(range(len(ys)), ys, fontsize=8)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            txt = "" if not np.isfinite(z[i, j]) else f"{z[i, j]:.4g}" + (
+                f"\n± {sd[i, j]:.2g}" if np.isfinite(sd[i, j]) else "")
+            if bad[i, j]:
+                txt += ("\n" if txt else "") + f"{bad[i, j]} diverged"
+            r, g, b, _ = cmap(im.norm(z[i, j])) if np.isfinite(z[i, j]) else (1.0, 1.0, 1.0, 1.0)
+            light = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="k" if light else "w")
+    ax.set_xlabel(kx)
+    ax.set_ylabel(ky)
+    over = textwrap.fill(f"cell: mean ± std (ddof=1) over {spread_label(counts, inner)}", 60)
+    ax.set_title(f"final {metric} per cell\n{over}", fontsize=9)
+    cb = fig.colorbar(im, ax=ax, label=f"final {metric}\n(mean per cell)")
+    cb.formatter = ScalarFormatter(useOffset=False)
+    cb.update_ticks()
+    fig.tight_layout()
+    fig.savefig(out / "heatmap.png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return out / "heatmap.png"
+
+
+def _record_keys(records: list[dict]) -> list[str]:
+    keys = []
+    for r in records:
+        for sect in ("task", "train", "system"):
+            keys += [f"{sect}.{k}" for k in (r.get(sect) or {})]
+        keys += [k for k in r.get("run", {}) if k != "name"]
+    return list(dict.fromkeys(keys))
+
+
+def infer_swept(records: list[dict]) -> list[str]:
+    """The swept keys of saved sweep records (``DIR/runs/*.json``), as ``[sweep]`` names them (``task.alpha``,
+    ``train.seed``, bare run keys): every key of the records' ``task``/``train``/``system``/``run`` tables
+    (run ``name`` aside) whose value differs between records. A key with one value in the grid cannot be told
+    from a fixed one and is left out (it changes no plot)."""
+    return [k for k in _record_keys(records)
+            if len({json.dumps(_get(r, k), sort_keys=True, default=repr) for r in records}) > 1]
+
+
+def _get(rec: dict, key: str):
+    if "." in key:
+        sect, k = key.split(".", 1)
+        return (rec.get(sect) or {}).get(k)
+    return rec.get("run", {}).get(key)
+
+
+def load_records(out: str | Path) -> list[dict]:
+    """The sweep records of ``out/runs/*.json`` (finished runs), sorted by label."""
+    recs = [json.loads(p.read_text()) for p in sorted(Path(out, "runs").glob("*.json"))]
+    return sorted(recs, key=lambda r: (r.get("label", ""), r.get("id", "")))
 
 
 def _sortkey(v: str):
