@@ -1,8 +1,20 @@
-"""Build the notebooks in this folder from their cell sources (run: python notebooks/make_notebooks.py).
+"""Build the notebooks in this folder from their cell sources, execute them and save them with their outputs.
 
-Keeping the sources here makes notebook diffs readable; the tests execute the .ipynb files.
+    python notebooks/make_notebooks.py              # build, execute at the default size, save with outputs
+    python notebooks/make_notebooks.py --no-execute # build only (no outputs)
+    python notebooks/make_notebooks.py quickstart   # only the notebooks whose name contains "quickstart"
+    python notebooks/make_notebooks.py --keep-outputs  # text edits only: reuse the saved outputs (same code cells)
+
+Keeping the sources here makes notebook diffs readable. The saved notebooks carry their outputs (text and inline
+PNG figures at 80 dpi) so that they read as documents on GitHub; the execution timings nbclient would record are
+left out. Each notebook reads ``SIMDL_NOTEBOOK_STEPS`` from the environment; saving unsets it, so the saved outputs
+are those of the default size the narrative describes. tests/test_notebooks.py executes the notebooks again at a
+small size and checks their results.
 """
 
+import os
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -10,40 +22,77 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).parent
 
+# the first lines of every notebook's import cell: inline PNG figures, small
+INLINE = """%matplotlib inline
+import matplotlib.pyplot as plt
+
+plt.rcParams["figure.dpi"] = 80"""
+
 QUICKSTART = [
     ("md", """# simdl quickstart
 
-From a topology to a plot: 16 workers train an MLP on the embedded handwritten digits, each holding a
-Dirichlet(α = 0.1) label-skewed shard, and we compare gossip on a ring with exact all-reduce.
+From a topology to a plot, in four steps. Sixteen simulated workers train a small MLP on the embedded handwritten
+digits (8×8 images, 10 classes). Each worker holds a Dirichlet(α = 0.1) label-skewed shard, so most workers see
+only a few classes. We compare three ways of training together:
 
-`SIMDL_NOTEBOOK_STEPS` (environment) shortens the run; the tests set it."""),
-    ("code", """import os
+* **all-reduce** on the complete graph: every step averages the gradients exactly (the centralised baseline);
+* **D-SGD** on a ring: each worker takes an SGD step and then averages its model with its two neighbours;
+* **D-SGD with Nesterov momentum** on the same ring.
 
-import matplotlib.pyplot as plt
+You will learn how to
+
+1. build a topology and read its spectral gap (how fast gossip averages),
+2. build a task (dataset + partition + model),
+3. run an algorithm with `simdl.simulate` and read the `SimulationResult` (`final`, `history`, `info`),
+4. plot the training curves.
+
+The environment variable `SIMDL_NOTEBOOK_STEPS` changes the number of training steps (default 300, as saved
+here); the tests set it lower."""),
+    ("code", INLINE + """
+import os
+
 import numpy as np
 
 import simdl
 
-STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 600))"""),
+STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 300))
+print("simdl", simdl.__version__, "- training steps per run:", STEPS)"""),
     ("md", """## 1. Topology
-A topology is a graph plus its mixing matrix W (Metropolis–Hastings weights by default). The spectral gap
-1 − max(|λ₂|, |λₙ|) says how fast gossip averages."""),
+A topology is a graph plus its mixing matrix W: one gossip step replaces every worker's model by a weighted
+average of its neighbours' models, X ← W X. simdl uses Metropolis–Hastings weights by default. The spectral gap
+1 − max(|λ₂|, |λₙ|) of W says how much one gossip step shrinks the disagreement between workers: 1 means exact
+averaging in one step, values near 0 mean slow averaging.
+
+The cell below builds a 16-worker ring and a complete graph, prints the ring's gap, its diameter and the top-left
+corner of its W, then the gaps of three topology families as the number of workers n grows."""),
     ("code", """ring = simdl.topologies.ring(16)
 complete = simdl.topologies.complete(16)
 print(ring.name, "spectral gap", round(ring.spectral_gap, 4), "diameter", ring.diameter)
 print(np.round(ring.weights[:4, :4], 3))
 for n in (8, 16, 32, 64):
-    print(n, {name: round(simdl.topologies.get(name, n).spectral_gap, 4) for name in ("ring", "torus", "exponential")})"""),
+    print(n, {name: round(simdl.topologies.get(name, n).spectral_gap, 4)
+              for name in ("ring", "torus", "exponential")})"""),
+    ("md", """Each ring worker keeps 1/3 of its own model and takes 1/3 from each neighbour (the rows of W above). The
+ring's gap is small (about 0.05 at n = 16) and falls roughly 4× each time n doubles: gossip on a long ring is slow.
+The torus degrades more gently, and the exponential graph (each worker talks to the workers 1, 2, 4, … positions
+away) keeps a large gap: at n = 64 it is nearly 100× the ring's."""),
     ("md", """## 2. Task
-`classification` loads the dataset, splits it over the workers (every worker gets N // n samples) and builds the
-model. Smaller α means more label skew."""),
-    ("code", """task = simdl.tasks.classification("digits", model="mlp", n_workers=16, partition="dirichlet", alpha=0.1, seed=0)
+`simdl.tasks.classification` loads the dataset, splits it over the workers (every worker gets N // n samples) and
+builds the model. The smaller the Dirichlet α, the more skewed each worker's labels. The cell prints the task's
+summary and the classes the first four workers actually hold."""),
+    ("code", """task = simdl.tasks.classification("digits", model="mlp", n_workers=16, partition="dirichlet", alpha=0.1,
+                                  seed=0)
 print(task.name, task.info)
 labels = np.asarray(task.data["y"])[np.asarray(task.data["indices"])]
 print("classes held by the first 4 workers:", [sorted(set(row.tolist())) for row in labels[:4]])"""),
+    ("md", """With α = 0.1 each worker holds only a handful of the ten digits: no single worker's data could train a
+good classifier, so the workers must communicate."""),
     ("md", """## 3. Algorithms and simulation
-Each algorithm is a pure `(init, step)` pair over the stacked worker state; `simulate` compiles `eval_every` steps
-into one `lax.scan`."""),
+Each algorithm is a pure `(init, step)` pair over the stacked state of all workers (see
+`write_your_own_algorithm.ipynb`). `simdl.simulate(task, algorithm, topology, steps=…)` runs it: it compiles
+`eval_every` steps into one `jax.lax.scan` and evaluates between chunks. We print, for each method, the test accuracy
+of the averaged model x̄, the worst single worker's own accuracy, the consensus distance
+Ξ² = mean_i ‖x_i − x̄‖² (how far the workers' models are apart) and how many programs were compiled."""),
     ("code", """algs = {
     "allreduce (complete)": (simdl.algorithms.allreduce(learning_rate=0.1), complete),
     "D-SGD (ring)": (simdl.algorithms.dsgd(learning_rate=0.1), ring),
@@ -56,7 +105,14 @@ for name, (alg, topo) in algs.items():
     print(f"{name:24s} acc(x̄)={r.final['avg_model_accuracy']:.3f} "
           f"worst worker={r.final['worker_accuracy_min']:.3f} Ξ²={r.final['consensus_distance']:.2e} "
           f"compiles={r.info['compiles']}")"""),
-    ("md", "## 4. Plot"),
+    ("md", """How to read it: all-reduce keeps every worker on the same model, so its Ξ² is zero up to rounding and its
+worst worker is as good as the average. On the ring the models drift apart (Ξ² > 0) because every worker's
+gradient pulls towards its own few classes; the worst worker then lags the averaged model (here by five to six
+points on the ring, with or without momentum), and the averaged model itself ends a little below all-reduce's. Each
+run compiled its program once, whatever the number of steps."""),
+    ("md", """## 4. Plot
+`result.history` holds one row per evaluation (every `STEPS // 10` steps). Left: test accuracy of the averaged
+model; right: the consensus distance on a log scale."""),
     ("code", """fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 for name, r in results.items():
     axes[0].plot(r.history["step"], r.history["avg_model_accuracy"], label=name)
@@ -65,25 +121,25 @@ axes[0].set(xlabel="step", ylabel="averaged-model test accuracy")
 axes[1].set(xlabel="step", ylabel="consensus distance Ξ²")
 axes[0].legend()
 fig.tight_layout()"""),
-    ("code", """assert results["allreduce (complete)"].final["avg_model_accuracy"] > 0.5
-assert results["allreduce (complete)"].final["consensus_distance"] < 1e-8"""),
+    ("md", """All three methods learn quickly (above 0.84 after the first evaluation) and all-reduce stays ahead at the
+end. Its consensus distance sits at the floor of the plot (exact averaging, clipped at 10⁻¹²), while the ring
+methods' Ξ² falls from its first value and levels off around 3·10⁻²: with a constant learning rate and skewed
+labels, gossip never brings the workers fully together.
+
+A last printed check: all-reduce should end well above chance (0.1) with its workers in exact agreement."""),
+    ("code", """ar = results["allreduce (complete)"].final
+print(f"all-reduce accuracy {ar['avg_model_accuracy']:.3f} (chance: 0.100); "
+      f"consensus distance {ar['consensus_distance']:.1e} (exact averaging: below 1e-8)")"""),
+    ("md", """Next: `heterogeneity_sweep.ipynb` (how α affects each method), `scaling.ipynb` (what happens as n
+grows) and `write_your_own_algorithm.ipynb` (plug in your own method)."""),
 ]
-
-
-def build(cells, path):
-    nb = new_notebook()
-    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
-    for i, cell in enumerate(nb.cells):  # stable ids: regenerating a notebook does not change its file
-        cell["id"] = f"{Path(path).stem}-{i}"
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
 
 HETEROGENEITY = [
     ("md", """# Data heterogeneity: accuracy vs Dirichlet α
 
-16 workers train an MLP on the embedded digits. Each worker's shard is drawn with the Dirichlet-α label split of the
-RelaySGD and QGM papers: α = 0.03 gives each worker one or two classes, α = 10 is close to IID. We compare
+How much does label skew hurt decentralized training, and which algorithms are robust to it? Sixteen workers train
+an MLP on the embedded digits. Each worker's shard is drawn with the Dirichlet-α label split of the RelaySGD and QGM
+papers: α = 0.03 gives each worker one or two classes, α = 10 is close to IID. We compare
 
 * **D-SGD** on a ring (plain gossip: heterogeneity makes the local models drift apart),
 * **QGM** (`qg_dsgdm`, quasi-global Nesterov momentum) on a ring,
@@ -91,32 +147,39 @@ RelaySGD and QGM papers: α = 0.03 gives each worker one or two classes, α = 10
 * **D²** on a *lazy* ring (it needs λ_min(W) > −1/3; `lazy_weight=0.1` gives W' = 0.1 I + 0.9 W),
 * **RelaySGD** on spanning trees: double binary trees (it only runs on trees; try `T.chain(N)` too).
 
-Runs that differ only in α have the same shapes, so `simdl.batch.simulate_batch` stacks them along a run axis:
-one compiled program per method for all α values. `SIMDL_NOTEBOOK_STEPS` shortens the runs (the tests set it)."""),
-    ("code", """import os
+You will learn how to build one task per α, how `simdl.simulate_batch` runs tasks of equal shapes as one compiled
+program, and how to read the averaged-model accuracy, the worst worker's accuracy and the consensus distance.
 
-import matplotlib.pyplot as plt
+`SIMDL_NOTEBOOK_STEPS` sets the training steps per run (default 150, as saved here; the tests use fewer). At 150
+steps the runs are short, so read the numbers as a quick comparison rather than converged accuracies."""),
+    ("code", INLINE + """
+import os
+
 import numpy as np
 
 import simdl
-from simdl.batch import simulate_batch
 
-STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 1000))
+STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 150))
 N = 16
 ALPHAS = [0.03, 0.1, 0.3, 1.0, 10.0]
-T, A = simdl.topologies, simdl.algorithms"""),
+T, A = simdl.topologies, simdl.algorithms
+print("training steps per run:", STEPS)"""),
     ("md", """## Tasks: one per α
 The partition seed is the same, so only the label skew changes. Every worker holds exactly N/n samples whatever α,
-which is what lets the runs share one program."""),
+which is what lets the runs share one program. The cell prints how many of the ten classes a worker holds."""),
     ("code", """tasks = [simdl.tasks.classification("digits", model="mlp", n_workers=N, partition="dirichlet", alpha=a)
          for a in ALPHAS]
 for a, task in zip(ALPHAS, tasks):
     labels = np.asarray(task.data["y"])[np.asarray(task.data["indices"])]
     classes = [len(set(row.tolist())) for row in labels]
     print(f"alpha={a:<5} classes per worker: mean {np.mean(classes):.1f}, min {min(classes)}")"""),
+    ("md", """At α = 0.03 a worker holds 3.6 of the ten classes on average and at least one worker holds a single class;
+at α = 10 every worker holds nine or ten."""),
     ("md", """## Methods
 Learning rates are those of the default experiment (`simdl/configs/default.toml`). `simulate_batch` takes a function
-`hp -> Algorithm`; here nothing is swept inside the batch but the task, so `hp` is empty."""),
+`hp -> Algorithm` and a list of hyperparameter dicts, one per run; here nothing but the task varies inside a batch,
+so every `hp` is empty. Each line prints the number of compiled programs and the averaged model's final accuracy
+for α = 0.03 … 10."""),
     ("code", """METHODS = {
     "D-SGD / ring": (lambda hp: A.dsgd(0.1), T.ring(N)),
     "QGM / ring": (lambda hp: A.qg_dsgdm(0.02, momentum=0.9, nesterov=True), T.ring(N)),
@@ -126,14 +189,18 @@ Learning rates are those of the default experiment (`simdl/configs/default.toml`
 }
 results = {}
 for name, (make, topo) in METHODS.items():
-    runs = simulate_batch(tasks, make, [{}] * len(tasks), topo, steps=STEPS, batch_size=16, seeds=[0] * len(tasks),
-                          eval_every=max(1, STEPS // 3))
+    runs = simdl.simulate_batch(tasks, make, [{}] * len(tasks), topo, steps=STEPS, batch_size=16,
+                                seeds=[0] * len(tasks), eval_every=max(1, STEPS // 3))
     results[name] = runs
     accs = " ".join(f"{r.final['avg_model_accuracy']:.3f}" for r in runs)
     print(f"{name:32s} compiles={runs[0].info['compiles']} acc(x̄) over α: {accs}")"""),
+    ("md", """Five α values per method, one compiled program per method: the runs were stacked along a run axis and
+stepped together. On the averaged model the methods are close (0.92–0.94 everywhere after 150
+steps): averaging the 16 models hides most of the drift. D-SGD is at (or tied for) the bottom at four of the
+five α values, and RelaySGD is at the top for α ≤ 1."""),
     ("md", """## Accuracy vs α
-Left: the averaged model x̄; right: the worst worker's own model (what a user of one worker would get). Plain
-gossip suffers most at small α; tracking, D² and RelaySGD are designed to remove the heterogeneity term."""),
+Left: the averaged model x̄; middle: the worst worker's own model (what a user of one worker would get); right: the
+consensus distance Ξ² (how far the workers' models are apart)."""),
     ("code", """fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 for name, runs in results.items():
     axes[0].semilogx(ALPHAS, [r.final["avg_model_accuracy"] for r in runs], "o-", label=name)
@@ -145,50 +212,60 @@ axes[2].set(xlabel="Dirichlet α", ylabel="consensus distance Ξ²")
 axes[0].legend(fontsize=8)
 fig.suptitle(f"{N} workers, MLP on digits, {STEPS} steps")
 fig.tight_layout()"""),
+    ("md", """The middle panel is where heterogeneity shows. D-SGD's worst worker falls from about 0.92 at α ≥ 1 to
+0.78 at α = 0.03; QGM, gradient tracking, D² and RelaySGD all keep their worst worker above 0.91 at every α. The
+right panel shows why: D-SGD's consensus distance is the largest and grows as α shrinks, QGM's is smaller, tracking's
+and D²'s smaller again and nearly flat in α, and RelaySGD's (exact sums over spanning trees) is the smallest by an
+order of magnitude.
+
+The worst worker's accuracy, as a table:"""),
     ("code", """table = {name: [round(r.final["worker_accuracy_min"], 3) for r in runs]
          for name, runs in results.items()}
 print("worst-worker accuracy, alpha =", ALPHAS)
 for name, row in table.items():
     print(f"  {name:32s} {row}")"""),
-    ("code", """# one compiled program per method (all α values batched), sane accuracies, and heterogeneity visibly
-# hurts plain gossip: D-SGD's models drift further apart at the smallest α than at the largest
-for name, runs in results.items():
-    assert runs[0].info["compiles"] <= 2 and len(runs) == len(ALPHAS), name
-    assert all(r.diverged_at is None and 0.0 <= r.final["avg_model_accuracy"] <= 1.0 for r in runs), name
-    assert runs[-1].final["avg_model_accuracy"] > 0.3, name  # α = 10: far above chance (0.1)
-dsgd = results["D-SGD / ring"]
-assert dsgd[0].final["consensus_distance"] > dsgd[-1].final["consensus_distance"]"""),
+    ("md", """Finally, the effect in one line: plain gossip's models drift further apart at the smallest α than at the
+largest."""),
+    ("code", """dsgd = results["D-SGD / ring"]
+print(f"D-SGD consensus distance: alpha={ALPHAS[0]}: {dsgd[0].final['consensus_distance']:.2e}, "
+      f"alpha={ALPHAS[-1]}: {dsgd[-1].final['consensus_distance']:.2e} "
+      f"(ratio {dsgd[0].final['consensus_distance'] / dsgd[-1].final['consensus_distance']:.1f}×)")"""),
+    ("md", """For longer runs set `SIMDL_NOTEBOOK_STEPS=2000` before starting Jupyter; the ranking of the methods at
+small α becomes clearer as the averaged models converge."""),
 ]
 
 SCALING = [
     ("md", """# Scaling: spectral gap, error and wall time vs the number of workers n
 
-How does gossip degrade as n grows, and what does simulating n workers cost?
+How does gossip degrade as n grows, and what does simulating n workers cost? You will learn
 
-1. the spectral gap 1 − max(|λ₂|, |λₙ|) of the mixing matrix vs n for ring, torus, exponential, one-peer exponential
-   and complete graphs;
-2. D-SGD on the random quadratics of the RelaySGD paper (cheap per worker, so n can reach 1024 on a laptop):
-   error f(x̄) − f* and simulator throughput vs n, on a ring, on the exponential graph, and with exact all-reduce.
+1. how the spectral gap 1 − max(|λ₂|, |λₙ|) of the mixing matrix shrinks with n for ring, torus, exponential,
+   one-peer exponential and complete graphs, and why a time-varying topology needs its gap measured over a period;
+2. how D-SGD's error on the random quadratics of the RelaySGD paper compares on a ring, on the exponential graph
+   and with exact all-reduce as n grows, and what the simulator's throughput (worker-steps per second) is.
 
-`SIMDL_NOTEBOOK_STEPS` shortens the runs; below 200 steps the notebook also stops at n = 256 (dense eigenvalue
-computations at n = 1024 take seconds each)."""),
-    ("code", """import os
+`SIMDL_NOTEBOOK_STEPS` sets the training steps (default 300, as saved here). The notebook goes up to n = `N_MAX` =
+256 workers; set it to 1024 for the full picture (dense eigenvalue computations at n = 1024 take seconds each)."""),
+    ("code", INLINE + """
+import os
 import time
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 import simdl
 
-STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 2000))
-QUICK = STEPS < 200
-N_MAX = 256 if QUICK else 1024
-T, A = simdl.topologies, simdl.algorithms"""),
+STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 300))
+N_MAX = 256
+T, A = simdl.topologies, simdl.algorithms
+print("training steps per run:", STEPS, "- largest n:", N_MAX)"""),
     ("md", """## 1. Spectral gap vs n
 `spectral_gap` is a property of one mixing matrix. The one-peer exponential graph is *time-varying*: at step k
 worker i averages with i + 2^(k mod τ), τ = log₂ n. Its `spectral_gap` is that of the first matrix W₀ alone, which
 is as small as a directed ring's; but for n = 2^τ the product of one period, W_{τ−1}⋯W₀, is the exact average
-11ᵀ/n. The meaningful number is the per-step gap of the period product, 1 − ρ(W_{τ−1}⋯W₀)^{1/τ}, which is 1."""),
+11ᵀ/n. The meaningful number is the per-step gap of the period product, 1 − ρ(W_{τ−1}⋯W₀)^{1/τ}.
+
+The cell computes both, plus the gaps of the static topologies, for n = 4 … N_MAX, and prints one row per
+topology."""),
     ("code", """def period_gap(topo):
     \"\"\"Per-step spectral gap of a time-varying topology: 1 − ρ(product over one period)^(1/period).\"\"\"
     prod = np.eye(topo.n)
@@ -203,8 +280,15 @@ gaps = {name: [T.get(name, n).spectral_gap for n in sizes]
         for name in ("ring", "torus", "exponential", "complete")}
 gaps["one-peer exponential (W₀ only)"] = [T.get("one_peer_exponential", n).spectral_gap for n in sizes]
 gaps["one-peer exponential (per step, over a period)"] = [period_gap(T.get("one_peer_exponential", n)) for n in sizes]
+print(f"{'n =':48s}", " ".join(f"{n:8d}" for n in sizes))
 for name, g in gaps.items():
     print(f"{name:48s}", " ".join(f"{v:.2e}" for v in g))"""),
+    ("md", """The ring's gap drops about 4× per doubling of n, to 2·10⁻⁴ at n = 256; the torus drops in steps (its
+side length grows every other doubling); the exponential graph only goes from 0.67 to 0.22. The one-peer exponential
+graph shows why the per-period number matters: its first matrix alone looks even worse than the ring (7.5·10⁻⁵ at
+n = 256), yet over a period it averages exactly, a per-step gap of 1 like the complete graph.
+
+The plot shows the same numbers on log–log axes, with the ring's asymptotic gap 2π²/(3n²) for reference."""),
     ("code", """fig, ax = plt.subplots(figsize=(7, 4.5))
 for (name, g), style in zip(gaps.items(), ["o-", "s-", "^-", "D-", "v-", "x--"]):
     ax.loglog(sizes, np.maximum(g, 1e-16), style, label=name, base=2)
@@ -212,12 +296,16 @@ ax.loglog(sizes, [2 * np.pi ** 2 / (3 * n ** 2) for n in sizes], "k:", label="ri
 ax.set(xlabel="workers n", ylabel="spectral gap 1 − ρ", title="How fast one gossip step averages")
 ax.legend(fontsize=7)
 fig.tight_layout()"""),
+    ("md", """The ring follows the 2π²/(3n²) line: doubling n divides its gap by about 4. The exponential graph's gap
+shrinks only like 1/log n, and the complete graph and the one-peer exponential graph measured over a period sit at 1
+(exact averaging)."""),
     ("md", """## 2. Error and wall time vs n
 Each worker holds one quadratic f_i with heterogeneity ζ² = 1; the global optimum is 0 at distance 10 from the
 start. All-reduce averages exactly (it ignores the graph; the ring only supplies n). The simulator time per step
 is measured between the 2nd and 3rd evaluations (`callback` time stamps), after compilation; it includes one
-evaluation."""),
-    ("code", """NS = [16, 64, 256] if QUICK else [16, 64, 256, 1024]
+evaluation. Each line prints the error f(x̄) − f*, the consensus distance, the time per step, the compile time and
+the mixing implementation simdl chose for the topology."""),
+    ("code", """NS = [n for n in (16, 64, 256, 1024) if n <= N_MAX]
 every = max(1, STEPS // 3)  # three evaluations
 rows = []
 for n in NS:
@@ -235,6 +323,13 @@ for n in NS:
                      "compile_s": r.info["compile_time_s"]})
         print(f"n={n:5d} {label:22s} f(x̄)−f*={rows[-1]['error']:.3e} Ξ²={rows[-1]['consensus']:.2e} "
               f"{per_step * 1e3:7.3f} ms/step, compile {r.info['compile_time_s']:.1f} s (mixing: {mixing})")"""),
+    ("md", """Three things to read off. The error *falls* with n for every method: each step averages n stochastic
+gradients, so more workers mean less noise in x̄. At every n the ring is the worst of the three (at n = 256 its error
+is about 3× all-reduce's), while the exponential graph stays close to all-reduce. And the ring's consensus distance
+stays around 0.5–0.6 whatever n, ten times the exponential graph's, while all-reduce's is zero up to rounding.
+
+Plotted: left, the error after `STEPS` steps; right, the simulator's throughput in worker-steps per second
+(n / time per step). Wall times depend on the machine that ran the notebook."""),
     ("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for label in ("D-SGD / ring", "D-SGD / exponential", "all-reduce"):
     sel = [r for r in rows if r["method"] == label]
@@ -245,49 +340,76 @@ axes[0].set(xlabel="workers n", ylabel="f(x̄) − f*", title=f"error after {STE
 axes[1].set(xlabel="workers n", ylabel="worker-steps per second", title="simulator throughput")
 axes[0].legend(fontsize=8)
 fig.tight_layout()"""),
-    ("code", """# the exponential graph's gap shrinks only logarithmically, the ring's quadratically; one-peer over a
-# period and the complete graph average exactly; every run finished
-ring_gap, exp_gap = np.array(gaps["ring"]), np.array(gaps["exponential"])
-assert np.all(np.diff(ring_gap) < 0) and exp_gap[-1] > 100 * ring_gap[-1]
-np.testing.assert_allclose(gaps["complete"], 1.0, atol=1e-9)
-np.testing.assert_allclose(gaps["one-peer exponential (per step, over a period)"], 1.0, atol=1e-6)
-assert all(np.isfinite(r["error"]) for r in rows) and len(rows) == 3 * len(NS)"""),
+    ("md", """On the left, the ring's line lies above the other two at every n. On the right, every method simulates a
+few hundred thousand worker-steps per second at these sizes: a step of a 20-dimensional quadratic is so cheap that
+fixed per-step costs dominate, so the throughput curves are noisy rather than a clean trend.
+
+The key comparison, printed: at the largest n the exponential graph's gap is far larger than the ring's."""),
+    ("code", """ring_gap, exp_gap = np.array(gaps["ring"]), np.array(gaps["exponential"])
+print(f"n={sizes[-1]}: exponential gap / ring gap = {exp_gap[-1] / ring_gap[-1]:.0f}; "
+      f"ring gap decreases with n at every size: {bool(np.all(np.diff(ring_gap) < 0))}")"""),
 ]
 
 WRITE_YOUR_OWN = [
     ("md", """# Write your own algorithm
 
-An algorithm is an `simdl.algorithms.Algorithm`: a pair of pure functions over the *stacked* state (leading axis =
-the n workers), like an optax `GradientTransformation` for the whole network:
+You will learn how to write a decentralized algorithm with simdl's public API, run it with `simdl.simulate`, check it
+against the built-in `simdl.algorithms.dsgd`, and get the runner's features (communication accounting, simulated
+faults) for free.
+
+An algorithm is a `simdl.algorithms.Algorithm` (also `simdl.Algorithm`): a pair of pure functions over the
+*stacked* state (leading axis = the n workers), like an optax `GradientTransformation` for the whole network:
 
 * `init(stacked_params, ctx) -> state`
-* `step(state, stacked_grads, ctx) -> (state, aux)`; `ctx.mix(tree)` applies this step's mixing matrix W_t along
-  the worker axis, `ctx.step` is the (traced) step index, `ctx.key` a PRNG key; `aux` must hold `"lr"` and
-  `"bytes_sent"` (per worker, for the communication plots)
+* `step(state, stacked_grads, ctx) -> (state, aux)`; `aux` must hold `"lr"` and `"bytes_sent"` (per worker, for the
+  communication plots);
 * `query(state)` (where gradients are evaluated) and `params(state)` (the models that are evaluated).
 
+`ctx` is a `simdl.algorithms.Context`: `ctx.mix(tree)` applies this step's mixing matrix W_t along the worker axis,
+`ctx.mix_delta(tree, scale)` gives `scale · (W_t − I) @ tree` computed from neighbour differences (what
+bias-corrected methods such as D² integrate), `ctx.step` is the (traced) step index, `ctx.key` a PRNG key and
+`ctx.topology` the static topology.
+
 The runner owns the gradient computation, data sampling, compilation (`jit(lax.scan)`), evaluation and faults.
-Here we write **D-SGD that gossips only every k-th step** (local SGD steps in between), in about 20 lines, and
-compare it with the built-ins on the same task. `SIMDL_NOTEBOOK_STEPS` shortens the runs."""),
-    ("code", """import os
+Here we write **D-SGD that gossips only every k-th step** (local SGD steps in between) in about 25 lines.
+`SIMDL_NOTEBOOK_STEPS` sets the training steps (default 200, as saved here; the tests use fewer)."""),
+    ("code", INLINE + """
+import os
 from typing import Any, NamedTuple
 
 import jax
-import matplotlib.pyplot as plt
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 import simdl
 from simdl.algorithms import Algorithm
-from simdl.algorithms.base import as_schedule, gossip_bytes
 
-STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 600))"""),
+STEPS = int(os.environ.get("SIMDL_NOTEBOOK_STEPS", 200))
+print("training steps per run:", STEPS)"""),
+    ("md", """## The algorithm
+Each step every worker takes an SGD step on its own gradient; on steps where `ctx.step % every == 0` the workers
+then gossip, X ← W X, through `ctx.mix` (adapt-then-combine, the order of the built-in D-SGD). `jax.lax.cond` picks
+the branch inside the compiled program. `bytes_sent` counts one model per out-going edge on talking steps, the same
+accounting the built-ins use; `gossip="delta"` writes the gossip step as X + (W − I) X with `ctx.mix_delta`
+instead."""),
     ("code", """class LazyGossipState(NamedTuple):
     params: Any  # stacked worker models, leading axis n
 
 
-def lazy_gossip_sgd(learning_rate, every: int = 2) -> Algorithm:
+def model_bytes(stacked):
+    \"\"\"Bytes of one worker's model (the leading worker axis dropped).\"\"\"
+    return sum(int(np.prod(x.shape[1:])) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(stacked))
+
+
+def lazy_gossip_sgd(learning_rate: float, every: int = 2, gossip: str = "mix") -> Algorithm:
     \"\"\"SGD step on every worker, then gossip X ← W X only when step % every == 0 (ATC order).\"\"\"
-    schedule = as_schedule(learning_rate)  # float or optax schedule -> step -> η
+    schedule = optax.constant_schedule(learning_rate)  # step -> η
+
+    def gossip_step(tree, ctx):
+        if gossip == "mix":
+            return ctx.mix(tree)  # W X
+        return jax.tree_util.tree_map(jnp.add, tree, ctx.mix_delta(tree))  # X + (W − I) X
 
     def init(params, ctx):
         return LazyGossipState(params)
@@ -296,27 +418,45 @@ def lazy_gossip_sgd(learning_rate, every: int = 2) -> Algorithm:
         lr = schedule(ctx.step)
         half = jax.tree_util.tree_map(lambda x, g: x - lr * g, state.params, grads)
         talk = ctx.step % every == 0
-        new = jax.lax.cond(talk, ctx.mix, lambda tree: tree, half)  # gossip only on talking steps
-        sent = jax.numpy.where(talk, gossip_bytes(ctx, state.params), 0.0)
+        new = jax.lax.cond(talk, lambda tree: gossip_step(tree, ctx), lambda tree: tree, half)
+        topo = ctx.topology  # static: out-degrees of each matrix in its period, as numpy
+        degree = jnp.asarray(np.stack([topo.out_degree(s) for s in range(topo.period)]), jnp.float32)
+        sent = jnp.where(talk, degree[ctx.step % topo.period] * jnp.float32(model_bytes(state.params)), 0.0)
         return LazyGossipState(new), {"lr": lr, "bytes_sent": sent}
 
     params = lambda state: state.params
-    hyperparams = {"learning_rate": learning_rate, "every": every}
+    hyperparams = {"learning_rate": learning_rate, "every": every, "gossip": gossip}
     return Algorithm("lazy_gossip_sgd", init, step, params, params, hyperparams)"""),
     ("md", """## Same task, same runner
-A sanity check first: with `every=1` it must be exactly D-SGD (ATC) — same numbers, bit for bit."""),
+A sanity check first: with `every=1` our algorithm is D-SGD, so it must reproduce `simdl.algorithms.dsgd` bit for
+bit. The `mix_delta` form is the same method in exact arithmetic but rounds differently, so it agrees only up to
+float32 rounding. The task is 16 workers on the digits with a Dirichlet(0.5) label split, on a ring."""),
     ("code", """task = simdl.tasks.classification("digits", model="mlp", n_workers=16, partition="dirichlet", alpha=0.5)
 ring = simdl.topologies.ring(16)
 
 
-def run(alg, topo=ring):
-    return simdl.simulate(task, alg, topo, steps=STEPS, batch_size=16, eval_every=max(1, STEPS // 6))
+def run(alg, topo=ring, **kw):
+    return simdl.simulate(task, alg, topo, steps=STEPS, batch_size=16, eval_every=max(1, STEPS // 4), **kw)
 
-mine_1 = run(lazy_gossip_sgd(0.1, every=1))
+
+def max_param_difference(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a.params),
+                                                             jax.tree_util.tree_leaves(b.params)))
+
+
 dsgd = run(simdl.algorithms.dsgd(0.1))
-same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(mine_1.params),
-                                                jax.tree_util.tree_leaves(dsgd.params)))
-print("every=1 equals dsgd exactly:", same)"""),
+mine_1 = run(lazy_gossip_sgd(0.1, every=1))
+delta_1 = run(lazy_gossip_sgd(0.1, every=1, gossip="delta"))
+print("every=1 (ctx.mix) equals dsgd exactly:", max_param_difference(mine_1, dsgd) == 0.0)
+print(f"every=1 (ctx.mix_delta) vs dsgd: largest parameter difference {max_param_difference(delta_1, dsgd):.1e}")"""),
+    ("md", """The `ctx.mix` version matches D-SGD exactly. The `ctx.mix_delta` version differs by about 10⁻³ in the
+largest parameter after 200 steps: float32 rounding differences of order 10⁻⁷ per step, amplified by training,
+not a different method.
+
+## Communicating less
+Now gossip only every 4th step, and compare with three built-ins: D-SGD (gossip every step), local SGD with H = 4
+local steps between exact averages, and all-reduce (exact averaging every step). Each line prints the averaged
+model's accuracy, the worst worker's accuracy and the megabytes each worker sent."""),
     ("code", """results = {
     "D-SGD (built-in)": dsgd,
     "lazy gossip, every 4 (ours)": run(lazy_gossip_sgd(0.1, every=4)),
@@ -326,7 +466,18 @@ print("every=1 equals dsgd exactly:", same)"""),
 }
 for name, r in results.items():
     print(f"{name:42s} acc(x̄)={r.final['avg_model_accuracy']:.3f} worst={r.final['worker_accuracy_min']:.3f} "
-          f"MB/worker={r.final['bytes_per_worker'] / 1e6:.2f}")"""),
+          f"MB/worker={r.final['bytes_per_worker'] / 1e6:.2f}")
+lazy = results["lazy gossip, every 4 (ours)"]
+talks = len(range(0, STEPS, 4))  # steps 0, 4, 8, ... talk
+print(f"ours sent {lazy.final['bytes_per_worker'] / dsgd.final['bytes_per_worker']:.4f} of D-SGD's bytes "
+      f"(expected {talks}/{STEPS} = {talks / STEPS:.4f})")"""),
+    ("md", """Gossiping every 4th step costs our method little accuracy on the averaged model (0.928 against D-SGD's
+0.931) for a quarter of the bytes, exactly as counted: 50 of the 200 steps talk. Its worst worker suffers more (0.856
+against 0.922): between gossip rounds the workers drift towards their own labels. Local SGD sends about as little but
+averages exactly, so all its workers agree (worst = average = 0.933); all-reduce is the most accurate and, like
+D-SGD, sends about four times as much.
+
+The plot shows accuracy against steps (left) and against the data each worker sent (right)."""),
     ("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for name, r in results.items():
     axes[0].plot(r.history["step"], r.history["avg_model_accuracy"], "o-", label=name)
@@ -335,26 +486,73 @@ axes[0].set(xlabel="step", ylabel="test accuracy of x̄")
 axes[1].set(xlabel="MB sent per worker", ylabel="test accuracy of x̄", title="accuracy per communication")
 axes[0].legend(fontsize=8)
 fig.tight_layout()"""),
-    ("md", """## It gets the runner's features for free
-Because it mixes through `ctx.mix`, simulated faults (`simdl.faults`) apply to it too: here every gossip message is
+    ("md", """Against steps (left) the four curves stay within about two points of each other. Against communication
+(right) the methods separate: the two that talk every 4th step, ours and local SGD, reach about 0.93 with under 4 MB per
+worker, while D-SGD and all-reduce need over 10 MB for the same accuracy.
+
+## It gets the runner's features for free
+Because it mixes through `ctx.mix`, simulated faults (`simdl.Faults`) apply to it too: here every gossip message is
 lost with probability 0.3 (the receiver keeps the lost weight on its own model)."""),
-    ("code", """lossy = simdl.simulate(task, lazy_gossip_sgd(0.1, every=4), ring, steps=STEPS, batch_size=16,
-                       eval_every=max(1, STEPS // 6), faults=simdl.faults.Faults(message_drop=0.3))
-print(f"with 30% message loss: acc(x̄)={lossy.final['avg_model_accuracy']:.3f}, "
+    ("code", """lossy = run(lazy_gossip_sgd(0.1, every=4), faults=simdl.Faults(message_drop=0.3))
+print(f"with 30% message loss: acc(x̄)={lossy.final['avg_model_accuracy']:.3f} "
+      f"(no loss: {lazy.final['avg_model_accuracy']:.3f}), "
       f"messages lost per worker: {lossy.final['messages_lost']:.0f}")"""),
-    ("code", """lazy = results["lazy gossip, every 4 (ours)"]
-assert same  # every=1 is D-SGD exactly
-# gossiping on every 4th step sends a quarter of D-SGD's bytes (steps 0, 4, 8, ... talk)
-talks = len(range(0, STEPS, 4))
-np.testing.assert_allclose(lazy.final["bytes_per_worker"], dsgd.final["bytes_per_worker"] * talks / STEPS, rtol=1e-6)
-assert lazy.final["avg_model_accuracy"] > 0.2 and lossy.final["messages_lost"] > 0"""),
+    ("md", """With 30% of the messages lost (about 119 per worker over the run) the averaged model ends at the same
+accuracy to three digits (0.928): our algorithm never handled faults itself, the runner applied them through
+`ctx.mix`. The same holds for `ctx.mix_delta`, so any algorithm that communicates only through `Context` gets
+the simulated faults without extra code."""),
 ]
 
 NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "heterogeneity_sweep.ipynb": HETEROGENEITY, "scaling.ipynb": SCALING,
              "write_your_own_algorithm.ipynb": WRITE_YOUR_OWN}
 
 
+def build(cells, path):
+    """The notebook of ``cells`` (``(kind, source)`` pairs), without outputs."""
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells]
+    for i, cell in enumerate(nb.cells):  # stable ids: regenerating a notebook does not change its file
+        cell["id"] = f"{Path(path).stem}-{i}"
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def execute(nb, path):
+    """Run ``nb`` in a fresh kernel at its default size (``SIMDL_NOTEBOOK_STEPS`` unset); returns seconds taken."""
+    from nbclient import NotebookClient
+
+    os.environ.pop("SIMDL_NOTEBOOK_STEPS", None)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    for cell in nb.cells:  # keep the file stable: no execution timings, no kernel-specific metadata
+        cell.metadata.pop("execution", None)
+    nb.metadata.pop("widgets", None)
+    return time.perf_counter() - start
+
+
+def copy_outputs(nb, path):
+    """Give ``nb`` the outputs saved in ``path``; refuses unless the code cells are exactly those saved."""
+    old = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    new = [c for c in nb.cells if c.cell_type == "code"]
+    if [c.source for c in old] != [c.source for c in new]:
+        raise SystemExit(f"{path.name}: code cells changed, execute it again (no --keep-outputs)")
+    for o, c in zip(old, new, strict=True):
+        c.outputs, c.execution_count = o.outputs, o.execution_count
+    nb.metadata = nbformat.read(path, as_version=4).metadata
+
+
 if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     for fname, cells in NOTEBOOKS.items():
-        build(cells, HERE / fname)
-        print("wrote", HERE / fname)
+        if args and not any(a in fname for a in args):
+            continue
+        path = HERE / fname
+        nb = build(cells, path)
+        if "--keep-outputs" in sys.argv:
+            copy_outputs(nb, path)
+            took = " (outputs kept)"
+        else:
+            took = "" if "--no-execute" in sys.argv else f" (executed in {execute(nb, path):.0f} s)"
+        nbformat.write(nb, path)
+        print(f"wrote {path}{took}, {path.stat().st_size / 1e3:.0f} kB")
