@@ -93,7 +93,8 @@ def local_sgd(learning_rate, local_steps: int = 4, momentum: float = 0.0, nester
 
     hp = record_hyperparams(learning_rate=learning_rate, local_steps=local_steps, momentum=momentum, nesterov=nesterov,
                 weight_decay=weight_decay, optimizer=optimizer, momentum_sync=momentum_sync, weighted=weighted)
-    return Algorithm(name, init, step, lambda s: s.params, lambda s: s.params, hp, frozenset())
+    return Algorithm(name, init, step, lambda s: s.params, lambda s: s.params, hp, frozenset(),
+                     round_length=local_steps)
 
 
 def model_averaging_clr(learning_rate: float = 0.1, min_learning_rate: float = 0.001, local_epochs: int = 1,

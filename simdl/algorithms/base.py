@@ -29,6 +29,14 @@ class Context(NamedTuple):
         used by size-weighted averaging (FedAvg, Xu 2018).
       difference: ``difference(tree, scale) -> scale · (W_t − I) @ tree`` when the runner overrides it (gossip
         faults: the step's faulty ``W'_t``); ``None`` (default) = the topology's static W, see :meth:`mix_delta`.
+      active: bool ``(n,)``, the workers that participate in this step (:mod:`simdl.participation`: an inactive
+        worker neither computes nor sends), or ``None`` (default): every worker. Constant over a communication
+        round of :attr:`Algorithm.round_length` steps. Only algorithms that declare ``"participation"`` in
+        :attr:`Algorithm.capabilities` read it; for the others the runner freezes inactive workers and renormalises
+        ``mix`` over the active ones.
+      compute_time: float32 ``(n,)``, seconds each worker's local step takes at this step (from the run's
+        :class:`simdl.systems.SystemModel`), or ``None`` (no system model). Asynchronous algorithms
+        (``ad_psgd``) advance their own event clock with it.
     """
 
     step: jax.Array
@@ -37,6 +45,8 @@ class Context(NamedTuple):
     mix: Callable[[PyTree], PyTree]
     worker_weights: np.ndarray
     difference: Callable[[PyTree, float], PyTree] | None = None
+    active: jax.Array | None = None
+    compute_time: jax.Array | None = None
 
     @property
     def n(self) -> int:
@@ -73,6 +83,12 @@ class Algorithm(NamedTuple):
       params: ``params(state) -> stacked_params``, the worker models that are reported and evaluated.
       hyperparams: JSON-serialisable hyperparameters (recorded in results).
       requires: static requirements on the topology: ``"connected"``, ``"tree"``, ``"static"``.
+      round_length: steps per communication round (static int ≥ 1; e.g. local SGD's and FedAvg's H). Partial
+        participation draws one cohort per round (:mod:`simdl.participation`).
+      capabilities: what the algorithm does itself that the runner would otherwise do or refuse:
+        ``"participation"`` (it reads ``ctx.active``: e.g. FedAvg averages over the sampled cohort),
+        ``"async"`` (it keeps its own event clock from ``ctx.compute_time``; its aux ``"tick_s"`` is the simulated
+        duration of the step).
     """
 
     name: str
@@ -82,6 +98,8 @@ class Algorithm(NamedTuple):
     params: Callable
     hyperparams: dict
     requires: frozenset = frozenset({"connected"})
+    round_length: int = 1
+    capabilities: frozenset = frozenset()
 
 
 def as_schedule(learning_rate) -> optax.Schedule:
