@@ -27,7 +27,9 @@ from simdl.simulate import (
     final_values,
     host_metrics,
     init_state,
+    pack_state,
     resolve_execution,
+    unpack_state,
     validate,
 )
 from simdl.systems import build_clock
@@ -72,6 +74,7 @@ def simulate_batch(
     execution: str = "auto",
     compute_dtype: str = "float32",
     system=None,
+    participation=None,
 ) -> list[SimulationResult]:
     """Run R simulations that share one compiled program, vmapped over a leading run axis.
 
@@ -95,6 +98,8 @@ def simulate_batch(
       system: a :class:`simdl.systems.SystemModel` shared by all runs, as in :func:`simdl.simulate`: every run's
         history gains ``sim_time_s``; each run draws its own compute times from its seed unless ``system.seed``
         is set (then all runs see the same draws).
+      participation: partial participation shared by all runs, as in :func:`simdl.simulate` (each run draws its
+        own masks from its seed; weighted client sampling needs equal ``worker_weights`` in every task).
 
     Returns:
       R :class:`SimulationResult`, equal (up to float reassociation) to R separate :func:`simdl.simulate` calls.
@@ -119,19 +124,30 @@ def simulate_batch(
     faults = as_faults(faults)
     check_algorithm(faults, algs[0], topology, tasks[0])
     clock = build_clock(system, topology, algs[0])
+    from simdl import participation as part_mod
+
+    participation = part_mod.check_participation(participation, tasks[0].n_workers, steps, algs[0].round_length)
+    part_mod.check_algorithm(participation, algs[0], topology, tasks[0])
+    if (isinstance(participation, part_mod.ClientSampling) and participation.weighted
+            and any(not np.array_equal(t.worker_weights, tasks[0].worker_weights) for t in tasks)):
+        raise ValueError("weighted client sampling in a batch needs the same worker_weights (shard sizes) in every "
+                         "task; run tasks with different shard sizes separately")
+    samp = part_mod.sampler(participation, tasks[0].n_workers, tasks[0].worker_weights)
     mixer = make_mixer(topology, mixing)
     inits = [init_state(t, a, topology, mixer, s) for t, a, s in zip(tasks, algs, seeds, strict=True)]
-    if clock is not None:  # each run's state is (algorithm state, simulated clock)
-        inits = [((i[0], clock.init()), *i[1:]) for i in inits]
+    inits = [(pack_state(i[0], None if clock is None else clock.init(), None if samp is None else samp.init()),
+              *i[1:]) for i in inits]
     state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[i[0] for i in inits])
     worker_keys = jnp.stack([i[1] for i in inits])
     alg_keys = jnp.stack([i[2] for i in inits])
     data, data_axes = _shared_or_stacked([t.data for t in tasks])
     hp = {k: jnp.asarray([float(h[k]) for h in hparams], jnp.float32) for k in keys}
     chunk = build_chunk(tasks[0], algorithm_fn, topology, mixer, batch_size, worker_batch, faults=faults,
-                        execution=check_execution(execution), compute_dtype=compute_dtype, clock=clock)
+                        execution=check_execution(execution), compute_dtype=compute_dtype, clock=clock,
+                        participation=samp, round_length=algs[0].round_length,
+                        freeze_inactive=part_mod.runner_handles(algs[0]))
     evaluate = build_evaluate(tasks[0], algorithm_fn)
-    alg_state = (lambda s: s) if clock is None else (lambda s: s[0])  # noqa: E731
+    alg_state = lambda s: unpack_state(s, clock is not None, samp is not None)[0]  # noqa: E731
 
     def run(state, start, data, worker_keys, alg_keys, hp, length):
         f = jax.vmap(partial(chunk, length=length), in_axes=(0, None, data_axes, 0, 0, 0))
@@ -149,7 +165,7 @@ def simulate_batch(
         bad = np.asarray(bad)
         done += length
         metrics = {k: np.asarray(v) for k, v in run_eval(data, alg_state(state), hp).items()}
-        times = None if clock is None else jax.device_get(state[1])
+        times = None if clock is None else jax.device_get(unpack_state(state, True, samp is not None)[1])
         rows: list[dict | None] = []
         for r in range(R):
             if diverged[r] is None and bad[r] >= 0:
@@ -187,6 +203,8 @@ def simulate_batch(
                 "steps_done": int(hist["step"][-1]) if len(hist.get("step", [])) else 0, **device_info()}
         if clock is not None:
             info["system"] = clock.system.describe()
+        if participation is not None:
+            info["participation"] = part_mod.describe(participation)
         out.append(SimulationResult(params_r, hist, final_values(hist), diverged[r], info,
                                     state_r))
     return out

@@ -484,8 +484,6 @@ def check_algorithm(faults, algorithm, topology, task) -> None:
     f = as_faults(faults)
     if f is None or not f.gossip:
         return
-    from simdl.algorithms.base import Context
-
     requested = ", ".join(k for k in ("message_drop", "link_failure") if getattr(f, k) > 0)
     supported = (f"gossip faults work with {', '.join(GOSSIP_FAULT_ALGORITHMS)} and any algorithm mixing via ctx.mix "
                  "or ctx.mix_delta")
@@ -495,6 +493,18 @@ def check_algorithm(faults, algorithm, topology, task) -> None:
             requested += " with lost='self'"
         raise ValueError(f"{requested} cannot be simulated for {algorithm.name}: {REFUSED[algorithm.name]}; "
                          f"{supported}")
+    if not mixes_through_ctx(algorithm, topology, task):
+        extra = f" ({_HINTS[algorithm.name]})" if algorithm.name in _HINTS else ""
+        raise ValueError(f"{requested} cannot be simulated for {algorithm.name}: it does not gossip through "
+                         f"ctx.mix or ctx.mix_delta{extra}; {supported}")
+
+
+def mixes_through_ctx(algorithm, topology, task) -> bool:
+    """Whether one ``algorithm.step`` calls ``ctx.mix`` or ``ctx.mix_delta`` (traced abstractly with
+    ``jax.eval_shape``: nothing is compiled or computed). Used to decide which algorithms gossip faults and partial
+    participation (:mod:`simdl.participation`) can act on."""
+    from simdl.algorithms.base import Context
+
     calls = []
 
     def record(tree):
@@ -518,7 +528,4 @@ def check_algorithm(faults, algorithm, topology, task) -> None:
         return algorithm.step(state, algorithm.query(state), ctx)
 
     jax.eval_shape(trace)
-    if not calls:
-        extra = f" ({_HINTS[algorithm.name]})" if algorithm.name in _HINTS else ""
-        raise ValueError(f"{requested} cannot be simulated for {algorithm.name}: it does not gossip through "
-                         f"ctx.mix or ctx.mix_delta{extra}; {supported}")
+    return bool(calls)

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from simdl.algorithms.base import Algorithm, Context
-from simdl.faults import as_faults, check_algorithm, injector
+from simdl.faults import as_faults, check_algorithm, injector, zero_stragglers
 from simdl.metrics import consensus_distance
 from simdl.mixing import make_mixer
+from simdl.mixing.difference import neighbor_difference
 from simdl.sharding import make_sharded_mixer, placement
 from simdl.systems import build_clock
 from simdl.tasks.base import Task
@@ -185,52 +186,113 @@ def per_worker_grads(loss: Callable, worker_batch: int | None = None, execution:
 
 
 def build_step(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
-               worker_batch: int | None = None, faults=None, execution: str = "auto", compute_dtype: str = "float32"):
-    """One simulated step ``(state, t, data, worker_keys, alg_key, hp) -> (state, mean_loss, aux)``, vectorized
-    over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace, so hyperparameters ``hp`` may be traced
-    (batched runs); for a single run it ignores ``hp``. ``faults`` (:mod:`simdl.faults`) zeroes stragglers' gradients
-    and replaces ``ctx.mix`` / ``ctx.mix_delta`` by the step's faulty mixing; its counters join ``aux``.
-    ``compute_dtype``: dtype of the per-worker forward/backward passes (:func:`per_worker_grads`); the state,
-    gradients and mixing stay float32."""
+               worker_batch: int | None = None, faults=None, execution: str = "auto", compute_dtype: str = "float32",
+               freeze_inactive: bool = True):
+    """One simulated step ``(state, t, data, worker_keys, alg_key, hp, compute_time=None, active=None) ->
+    (state, mean_loss, aux)``, vectorized over workers. ``algorithm_fn(hp)`` builds the algorithm inside the trace,
+    so hyperparameters ``hp`` may be traced (batched runs); for a single run it ignores ``hp``. ``faults``
+    (:mod:`simdl.faults`) zeroes stragglers' gradients and replaces ``ctx.mix`` / ``ctx.mix_delta`` by the step's
+    faulty mixing; its counters join ``aux``. ``compute_dtype``: dtype of the per-worker forward/backward passes
+    (:func:`per_worker_grads`); the state, gradients and mixing stay float32.
+
+    ``compute_time`` (float32 ``(n,)`` seconds, with a system model) becomes ``ctx.compute_time``. ``active`` (bool
+    ``(n,)``, partial participation, :mod:`simdl.participation`) becomes ``ctx.active``; with ``freeze_inactive``
+    (algorithms without the ``"participation"`` capability) inactive workers' gradients are zeroed, their state is
+    kept as it was, gossip is renormalised over the active workers and ``bytes_sent`` counts only messages between
+    active workers. With ``active`` the loss is the mean over the active workers and aux gains ``active_steps``."""
+    from simdl.participation import freeze, out_neighbors, renormalized_difference, renormalized_mix, sent_fraction
+
     n = task.n_workers
     inject = injector(faults, topology)
     workers = jnp.arange(n)
     weights = np.asarray(task.worker_weights, np.float64)
     grad_fn = per_worker_grads(task.loss, worker_batch, execution, compute_dtype)
     sample_fn = jax.vmap(task.sample, in_axes=(None, 0, 0, None, None))
+    links = out_neighbors(topology) if freeze_inactive else None
 
-    def step(state, t, data, worker_keys, alg_key, hp):
+    def step(state, t, data, worker_keys, alg_key, hp, compute_time=None, active=None):
         algorithm = algorithm_fn(hp)
         batch = sample_fn(data, worker_keys, workers, t, batch_size)
         losses, grads = grad_fn(algorithm.query(state), batch)
         mix, difference, counters = partial(mixer, step=t), None, {}
         if inject is not None:
             grads, mix, difference, counters = inject(grads, mix, t, alg_key)
-        ctx = Context(t, jax.random.fold_in(alg_key, t), topology, mix, weights, difference)
-        state, aux = algorithm.step(state, grads, ctx)
-        return state, jnp.mean(losses), {**aux, **counters}
+        handled = active is not None and freeze_inactive
+        if handled:  # the runner's participation: frozen inactive workers, gossip over the active ones
+            grads = zero_stragglers(grads, active)
+            if difference is None:
+                difference = partial(neighbor_difference, topology)
+            base_mix = mix
+            mix = renormalized_mix(base_mix, active, topology.is_split)
+            difference = renormalized_difference(base_mix, difference, active, topology.is_split)
+        ctx = Context(t, jax.random.fold_in(alg_key, t), topology, mix, weights, difference, active, compute_time)
+        new_state, aux = algorithm.step(state, grads, ctx)
+        if active is None:
+            return new_state, jnp.mean(losses), {**aux, **counters}
+        if handled:
+            new_state = freeze(new_state, state, active)
+            aux = {**aux, "bytes_sent": aux["bytes_sent"] * sent_fraction(links, active, t)}
+        count = jnp.sum(active.astype(jnp.float32))
+        loss = jnp.where(count > 0, jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(count, 1.0),
+                         jnp.mean(losses))
+        counters["active_steps"] = active.astype(jnp.float32)
+        return new_state, loss, {**aux, **counters}
 
     return step
 
 
+def pack_state(alg_state, clock_state=None, part_state=None):
+    """The run state carried through the scan: the algorithm state alone, ``(algorithm state, clock state)`` with a
+    system model only, or ``{"algorithm", "clock"?, "participation"}`` with partial participation."""
+    if part_state is not None:
+        out = {"algorithm": alg_state, "participation": part_state}
+        if clock_state is not None:
+            out["clock"] = clock_state
+        return out
+    if clock_state is not None:
+        return (alg_state, clock_state)
+    return alg_state
+
+
+def unpack_state(state, has_clock: bool, has_participation: bool):
+    """``(algorithm state, clock state or None, participation state or None)`` of :func:`pack_state`'s layout."""
+    if has_participation:
+        return state["algorithm"], state.get("clock"), state["participation"]
+    if has_clock:
+        return state[0], state[1], None
+    return state, None, None
+
+
 def build_chunk(task: Task, algorithm_fn: Callable[[Any], Algorithm], topology, mixer, batch_size: int,
                 worker_batch: int | None = None, faults=None, execution: str = "auto",
-                compute_dtype: str = "float32", clock=None):
+                compute_dtype: str = "float32", clock=None, participation=None, round_length: int = 1,
+                freeze_inactive: bool = True):
     """``chunk(state, start, data, worker_keys, alg_key, hp, length) -> (state, mean_loss, counters, bad, lr)``:
     ``length`` steps from step ``start`` as one ``lax.scan``. ``counters`` sums every aux entry but ``lr`` over the
     chunk; ``bad`` is the first step whose mean loss was not finite (−1 if none). ``faults``, ``compute_dtype``:
-    see :func:`build_step`. ``clock``: a :class:`simdl.systems.Clock` (or None): then ``state`` is the pair
-    ``(algorithm_state, clock_state)`` and the simulated clock advances every step from the step's ``bytes_sent``.
+    see :func:`build_step`. ``clock``: a :class:`simdl.systems.Clock` (or None): the simulated clock advances every
+    step from the step's compute times (also given to the algorithm as ``ctx.compute_time``) and ``bytes_sent``
+    (``"async"`` algorithms: from their aux ``"tick_s"``). ``participation``: a
+    :class:`simdl.participation.Sampler` (or None): the mask of round ``t // round_length`` is drawn every step and
+    passed to :func:`build_step` (``freeze_inactive``: see there). ``state`` has the layout of :func:`pack_state`.
     Compile it with :class:`CompiledChunks`."""
     one_step = build_step(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution,
-                          compute_dtype)
+                          compute_dtype, freeze_inactive)
+    has_clock, has_part = clock is not None, participation is not None
 
     def timed_step(state, t, data, worker_keys, alg_key, hp):
-        if clock is None:
+        if not has_clock and not has_part:
             return one_step(state, t, data, worker_keys, alg_key, hp)
-        alg_state, times = state
-        alg_state, loss, aux = one_step(alg_state, t, data, worker_keys, alg_key, hp)
-        return (alg_state, clock.step(times, aux["bytes_sent"], t, alg_key)), loss, aux
+        alg_state, times, part = unpack_state(state, has_clock, has_part)
+        compute = None if clock is None else clock.compute_times(alg_key, t)
+        active = None
+        if has_part:
+            part, active = participation.mask(part, alg_key, t // round_length)
+        alg_state, loss, aux = one_step(alg_state, t, data, worker_keys, alg_key, hp, compute, active)
+        if has_clock:
+            tick = aux.get("tick_s") if clock.kind == "async" else None
+            times = clock.step(times, aux["bytes_sent"], t, alg_key, compute=compute, active=active, tick=tick)
+        return pack_state(alg_state, times, part), loss, aux
 
     def chunk(state, start, data, worker_keys, alg_key, hp, length):
         def body(carry, i):
@@ -384,7 +446,7 @@ def _restore_checkpoint(mgr, state):
 
 
 def run_fingerprint(task: Task, algorithm: Algorithm, topology, batch_size: int, seed: int, eval_every: int,
-                    faults, compute_dtype: str, mixing: str, system=None) -> dict:
+                    faults, compute_dtype: str, mixing: str, system=None, participation=None) -> dict:
     """What identifies a run for resuming: everything that changes its numbers except ``steps`` (a resumed run may
     go further). JSON-normalised (non-JSON values as their ``str``), so it survives a round trip through a
     checkpoint."""
@@ -395,6 +457,10 @@ def run_fingerprint(task: Task, algorithm: Algorithm, topology, batch_size: int,
           "faults": None if faults is None else faults._asdict(), "compute_dtype": compute_dtype, "mixing": mixing}
     if system is not None:  # (absent without a system model: older checkpoints keep matching)
         fp["system"] = system.describe()
+    if participation is not None:  # (likewise)
+        from simdl.participation import describe
+
+        fp["participation"] = describe(participation)
     return json.loads(json.dumps(fp, default=str))
 
 
@@ -430,6 +496,7 @@ def simulate(
     execution: str = "auto",
     compute_dtype: str = "float32",
     system=None,
+    participation=None,
 ) -> SimulationResult:
     """Simulate ``steps`` synchronous steps of ``algorithm`` by ``task.n_workers`` workers on ``topology``.
 
@@ -475,14 +542,20 @@ def simulate(
         and bandwidths (bytes/s). The compiled step then also advances a simulated clock (:mod:`simdl.systems`,
         docs/algorithms.md#simulated-time) and the history gains ``sim_time_s`` (float64 seconds: when the latest
         worker is ready after the evaluated step); ``info["system"]`` records the model. ``None`` (default): no
-        clock.
+        clock. The step's compute times reach the algorithm as ``ctx.compute_time``.
+      participation: partial participation (:mod:`simdl.participation`): ``client_sampling(k)``,
+        ``markov(p_leave, p_return)``, ``trace(mask)`` or a ``[participation]`` dict. Each communication round
+        (``algorithm.round_length`` steps) only the round's active workers compute and send; the history gains
+        ``active_steps`` and ``info["participation"]`` records the spec. ``None`` (default): every worker, every
+        step (the same program as without the argument).
 
     Returns:
       :class:`SimulationResult`.
 
     Raises:
-      ValueError: invalid arguments (checked before any compilation; see :func:`validate` and
-        :func:`simdl.systems.check_system`).
+      ValueError: invalid arguments (checked before any compilation; see :func:`validate`,
+        :func:`simdl.systems.check_system`, :func:`simdl.participation.check_participation` and
+        :func:`simdl.participation.check_algorithm`).
     """
     eval_every = max(1, steps // 20) if eval_every is None and isinstance(steps, int) else eval_every
     validate(task, algorithm, topology, steps, batch_size, eval_every)
@@ -500,15 +573,20 @@ def simulate(
     faults = as_faults(faults)
     check_algorithm(faults, algorithm, topology, task)
     clock = build_clock(system, topology, algorithm)
+    from simdl import participation as part_mod
+
+    participation = part_mod.check_participation(participation, task.n_workers, steps, algorithm.round_length)
+    part_mod.check_algorithm(participation, algorithm, topology, task)
+    samp = part_mod.sampler(participation, task.n_workers, task.worker_weights)
     layout = None if devices is None else placement(devices, task.n_workers)
     mixer = make_mixer(topology, mixing) if layout is None else make_sharded_mixer(topology, layout.mesh, mixing)
     state, worker_keys, k_alg = init_state(task, algorithm, topology, mixer, seed)
-    if clock is not None:  # the run's state is (algorithm state, simulated clock)
-        state = (state, clock.init())
+    state = pack_state(state, None if clock is None else clock.init(), None if samp is None else samp.init())
     algorithm_fn = lambda hp: algorithm  # noqa: E731  (a single run has no traced hyperparameters)
     chunk = build_chunk(task, algorithm_fn, topology, mixer, batch_size, worker_batch, faults, execution,
-                        compute_dtype, clock=clock)
-    alg_state = (lambda s: s) if clock is None else (lambda s: s[0])  # noqa: E731
+                        compute_dtype, clock=clock, participation=samp, round_length=algorithm.round_length,
+                        freeze_inactive=part_mod.runner_handles(algorithm))
+    alg_state = lambda s: unpack_state(s, clock is not None, samp is not None)[0]  # noqa: E731
 
     def run(state, start, data, worker_keys, alg_key, length):
         return chunk(state, start, data, worker_keys, alg_key, None, length)
@@ -530,7 +608,7 @@ def simulate(
     if checkpoint_dir is not None:
         checkpoint_every = checkpoint_every or eval_every
         fingerprint = run_fingerprint(task, algorithm, topology, batch_size, seed, eval_every, faults, compute_dtype,
-                                      mixer.method, None if clock is None else clock.system)
+                                      mixer.method, None if clock is None else clock.system, participation)
         mgr = _checkpointer(checkpoint_dir)
         if resume:
             restored = _restore_checkpoint(mgr, state)
@@ -568,7 +646,7 @@ def simulate(
                 diverged_at = done
                 break
             if clock is not None:
-                metrics["sim_time_s"] = clock.elapsed(state[1])
+                metrics["sim_time_s"] = clock.elapsed(unpack_state(state, True, samp is not None)[1])
             row = rec.add(done, loss, sums, lr, metrics)
             if blew_up({k: v[0] for k, v in rec.history.items()}, row):
                 diverged_at = done
@@ -606,4 +684,6 @@ def simulate(
     }
     if clock is not None:
         info["system"] = clock.system.describe()
+    if participation is not None:
+        info["participation"] = part_mod.describe(participation)
     return SimulationResult(algorithm.params(state), hist, final, diverged_at, info, state)

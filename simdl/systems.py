@@ -24,6 +24,24 @@ compute time). Then, by the algorithm's communication pattern (:data:`PATTERNS`)
   the model bytes and bw, lat the ring's slowest link (links i → i + 1 mod n; when some of them are not defined
   by graph attributes, the slowest link of the graph). Workers that sent nothing do not wait
   (``S_j(k + 1) = F_j(k)``): local steps between averaging rounds run at each worker's own pace.
+* ``"server"`` (FedAvg, FedProx, SCAFFOLD): local steps run at each worker's own pace; at the last step of each
+  communication round (``(k + 1) % round_length == 0``) the round's cohort M (the active workers) uploads to a
+  server and every worker downloads the aggregate:
+  ``R = max_{i ∈ M} (F_i(k) + lat_i + b_i / bw_i)`` and ``S_j(k + 1) = max(F_j(k), R + lat_j + max_{i ∈ M} b_i /
+  bw_j)`` for every j, with ``b_i`` the worker's ``bytes_sent`` of that step and ``lat_i``, ``bw_i`` its link to the
+  server: its slowest outgoing link in the model (the value itself for a scalar latency / bandwidth, its uplink
+  with an ``(n,)`` ``shared_uplink`` bandwidth). So a round lasts as long as its slowest sampled client plus the
+  upload and download. A round with an empty cohort changes nothing.
+* ``"async"`` (AD-PSGD, randomized gossip: algorithms with ``"async"`` in their capabilities): no max-plus clock;
+  the simulated time is the cumulative sum of the algorithm's aux ``"tick_s"`` (the simulated duration of each step,
+  which the algorithm computes from ``ctx.compute_time`` and its own event clock).
+
+Whenever a system model is given, the runner passes each step's per-worker compute times
+(:meth:`Clock.compute_times`, float32 ``(n,)`` seconds) to the algorithm as ``ctx.compute_time`` (without one it is
+``None``). With partial participation (:mod:`simdl.participation`) an inactive worker takes no compute time
+(``F_i(k) = S_i(k)``), sends no message and receives none: gossip receivers wait only for their active senders
+(whose message size is their ``bytes_sent`` over their active out-neighbours), barriers and server rounds only for
+the active workers.
 
 The clock is float32 on the device, kept as a compensated (Kahan) running offset plus each worker's small lead
 over the slowest-started worker, so that long runs keep ~1e-7 relative accuracy. Its compute-time draws come from
@@ -44,21 +62,25 @@ import numpy as np
 SYSTEM_STREAM = 0x5157C10C
 
 #: Each algorithm's communication pattern, by :attr:`simdl.algorithms.Algorithm.name`: ``"gossip"`` (messages on
-#: the edges of the step's mixing matrix), ``"tree"`` (on the spanning trees' edges) or ``"barrier"`` (a ring
-#: all-reduce among the workers that sent bytes). Add an entry here for a new algorithm.
+#: the edges of the step's mixing matrix), ``"tree"`` (on the spanning trees' edges), ``"barrier"`` (a ring
+#: all-reduce among the workers that sent bytes), ``"server"`` (a round's cohort uploads to and downloads from a
+#: server at the round's last step) or ``"async"`` (the algorithm's own event clock, aux ``"tick_s"``). Add an entry
+#: here for a new algorithm (an algorithm with ``"async"`` in its capabilities is ``"async"`` without one).
 PATTERNS = {
     "dsgd": "gossip", "dpsgd": "gossip", "cdsgd": "gossip", "cdmsgd": "gossip", "qg_dsgdm": "gossip",
     "qg_adam": "gossip", "d2": "gossip", "exact_diffusion": "gossip", "gradient_tracking": "gossip",
     "sgp": "gossip", "choco_sgd": "gossip",
     "relaysgd": "tree", "relaysum_grad": "tree", "relaysum_mix": "tree",
     "allreduce": "barrier", "local_sgd": "barrier", "model_averaging_clr": "barrier", "dynamic_averaging": "barrier",
+    "fedavg": "server", "fedprox": "server", "scaffold": "server",
+    "ad_psgd": "async", "randomized_gossip": "async",
 }
 
 #: Barrier algorithms whose ``bytes_sent`` is one model per participating worker (an upload to a coordinator);
 #: the others' ``bytes_sent`` already is the ring all-reduce volume ``2 (n − 1)/n`` model sizes.
 MODEL_BYTES_BARRIERS = frozenset({"dynamic_averaging"})
 
-KINDS = ("gossip", "tree", "barrier")
+KINDS = ("gossip", "tree", "barrier", "server", "async")
 
 
 # --------------------------------------------------------------------------- compute-time distributions
@@ -233,6 +255,8 @@ def _compute_from_config(v):
 def pattern(algorithm) -> str:
     """The communication pattern (:data:`PATTERNS`) of an algorithm (or its name). Raises ValueError if unknown."""
     name = algorithm if isinstance(algorithm, str) else algorithm.name
+    if not isinstance(algorithm, str) and "async" in getattr(algorithm, "capabilities", frozenset()):
+        return "async"
     if name not in PATTERNS:
         raise ValueError(f"algorithm {name!r} has no communication pattern for the system model; add it to "
                          f"simdl.systems.PATTERNS (one of {', '.join(KINDS)}); known: {', '.join(sorted(PATTERNS))}")
@@ -326,6 +350,8 @@ class _Graphs(NamedTuple):
 
 def _comm_graphs(kind: str, topology) -> _Graphs:
     n = topology.n
+    if kind in ("server", "async"):
+        return _Graphs((), np.zeros((n, n), bool), np.zeros((n, n), bool))
     if kind == "barrier":
         used = np.zeros((n, n), bool)
         if n > 1:
@@ -406,16 +432,31 @@ def _two_sum(a, b):
 class Clock:
     """The per-step clock update of one run, built from static numpy tables (:func:`build_clock`)."""
 
-    def __init__(self, system: SystemModel, topology, algorithm_name: str):
+    def __init__(self, system: SystemModel, topology, algorithm_name, round_length: int = 1):
         self.system = system
         self.n = n = topology.n
         self.kind = kind = pattern(algorithm_name)
+        self.round_length = max(1, int(round_length))
+        if not isinstance(algorithm_name, str):
+            algorithm_name = algorithm_name.name
         self.model_bytes = algorithm_name in MODEL_BYTES_BARRIERS
         graphs = _comm_graphs(kind, topology)
         lat = _links("latency", system.latency, topology, graphs.required, system.shared_uplink)
         bw = _links("bandwidth", system.bandwidth, topology, graphs.required, system.shared_uplink)
         inv_bw = np.where(np.isnan(bw), np.nan, 1.0 / bw)
-        if kind == "barrier":
+        if kind == "server":  # each worker's link to the server: its slowest outgoing link
+            off = ~np.eye(n, dtype=bool)
+
+            def worst(m):
+                m = np.where(off & ~np.isnan(m), m, np.nan)
+                fallback = float(np.nanmax(m)) if (~np.isnan(m)).any() else 0.0
+                rows = np.array([np.nanmax(r) if (~np.isnan(r)).any() else fallback for r in m])
+                return rows.astype(np.float32)
+
+            self.up_lat, self.up_inv_bw = worst(lat), worst(inv_bw)
+        elif kind == "async":
+            pass
+        elif kind == "barrier":
             ring = graphs.used
             if n > 1 and (np.isnan(lat[ring]).any() or np.isnan(bw[ring]).any()):
                 ring = ~np.isnan(lat) & ~np.isnan(bw)
@@ -465,35 +506,62 @@ class Clock:
         """The clock at time 0 (every worker ready)."""
         return ClockState(jnp.float32(0.0), jnp.float32(0.0), jnp.zeros((self.n,), jnp.float32))
 
-    def ready_times(self, finish: jax.Array, bytes_sent: jax.Array, t) -> jax.Array:
+    def ready_times(self, finish: jax.Array, bytes_sent: jax.Array, t, active: jax.Array | None = None) -> jax.Array:
         """float32 ``(n,)``: when each worker can start step t + 1, given when it finished computing step t
-        (``finish``, relative seconds) and the step's ``bytes_sent`` (float32 ``(n,)``, bytes)."""
+        (``finish``, relative seconds), the step's ``bytes_sent`` (float32 ``(n,)``, bytes) and, with partial
+        participation, the step's ``active`` mask (bool ``(n,)``; inactive workers neither send nor receive)."""
         sent = jnp.asarray(bytes_sent, jnp.float32)
-        active = sent > 0
+        sending = sent > 0
+        if active is not None:
+            sending = sending & active
+        if self.kind == "server":
+            members = jnp.ones((self.n,), bool) if active is None else active
+            up = finish + jnp.asarray(self.up_lat) + sent * jnp.asarray(self.up_inv_bw)
+            r = jnp.max(jnp.where(members, up, -jnp.inf))
+            down = jnp.max(jnp.where(members, sent, 0.0))
+            synced = jnp.maximum(finish, r + jnp.asarray(self.up_lat) + down * jnp.asarray(self.up_inv_bw))
+            last = (t + 1) % self.round_length == 0
+            return jnp.where(last & jnp.any(members), synced, finish)
         if self.kind == "barrier":
-            m = jnp.sum(active.astype(jnp.float32))
-            vol = jnp.max(jnp.where(active, sent, 0.0))
+            m = jnp.sum(sending.astype(jnp.float32))
+            vol = jnp.max(jnp.where(sending, sent, 0.0))
             if self.model_bytes:
                 vol = 2.0 * (m - 1.0) / jnp.maximum(m, 1.0) * vol
             comm = vol * jnp.float32(self.ring_inv_bw) + 2.0 * jnp.maximum(m - 1.0, 0.0) * jnp.float32(self.ring_lat)
-            last = jnp.max(jnp.where(active, finish, -jnp.inf))
-            return jnp.where(active, last + comm, finish)
+            last = jnp.max(jnp.where(sending, finish, -jnp.inf))
+            return jnp.where(sending, last + comm, finish)
         src, dst, lat, inv_bw, valid, outdeg = (jnp.asarray(a) for a in self.tables)
         if self.period > 1:
             ph = t % self.period
             src, dst, lat, inv_bw, valid, outdeg = (a[ph] for a in (src, dst, lat, inv_bw, valid, outdeg))
         else:
             src, dst, lat, inv_bw, valid, outdeg = (a[0] for a in (src, dst, lat, inv_bw, valid, outdeg))
+        if active is not None:  # messages only between active workers; sizes split over the active receivers
+            valid = valid & active[dst]
+            outdeg = jnp.maximum(jax.ops.segment_sum(valid.astype(jnp.float32), src, num_segments=self.n), 1.0)
         size = sent if self.system.shared_uplink else sent / outdeg
         arrive = finish[src] + lat + size[src] * inv_bw
-        arrive = jnp.where(valid & active[src], arrive, -jnp.inf)
+        arrive = jnp.where(valid & sending[src], arrive, -jnp.inf)
         wait = jax.ops.segment_max(arrive, dst, num_segments=self.n, indices_are_sorted=False)
         return jnp.maximum(finish, wait)
 
-    def step(self, clock: ClockState, bytes_sent: jax.Array, t, key) -> ClockState:
-        """The clock after global step ``t``."""
-        finish = clock.lead + self.compute_times(key, t)
-        ready = self.ready_times(finish, bytes_sent, t)
+    def step(self, clock: ClockState, bytes_sent: jax.Array, t, key, compute: jax.Array | None = None,
+             active: jax.Array | None = None, tick=None) -> ClockState:
+        """The clock after global step ``t``. ``compute``: the step's compute times (default
+        :meth:`compute_times` of ``key``); ``active``: bool ``(n,)`` participation mask (inactive workers take no
+        compute time and are not waited for); ``tick``: float32 scalar seconds, the step's duration for the
+        ``"async"`` kind (the algorithm's aux ``"tick_s"``; required there)."""
+        if self.kind == "async":
+            if tick is None:
+                raise ValueError("an asynchronous algorithm must return aux 'tick_s' (the simulated duration of the "
+                                 "step, seconds) for the system model's clock")
+            base, err = _two_sum(clock.base, jnp.asarray(tick, jnp.float32).reshape(()))
+            return ClockState(base, clock.carry + err, clock.lead)
+        c = self.compute_times(key, t) if compute is None else compute
+        if active is not None:
+            c = jnp.where(active, c, jnp.float32(0.0))
+        finish = clock.lead + c
+        ready = self.ready_times(finish, bytes_sent, t, active)
         low = jnp.min(ready)
         base, err = _two_sum(clock.base, low)
         return ClockState(base, clock.carry + err, ready - low)
@@ -509,7 +577,7 @@ def build_clock(system, topology, algorithm) -> Clock | None:
     system = check_system(system, topology, algorithm)
     if system is None:
         return None
-    return Clock(system, topology, algorithm if isinstance(algorithm, str) else algorithm.name)
+    return Clock(system, topology, algorithm, getattr(algorithm, "round_length", 1))
 
 
 __all__ = ["DISTRIBUTIONS", "KEYS", "KINDS", "PATTERNS", "SYSTEM_STREAM", "Clock", "ClockState", "LogNormal",
