@@ -9,6 +9,7 @@ from simdl.algorithms.base import Algorithm, Context
 from simdl.algorithms.choco import choco_sgd
 from simdl.algorithms.d2 import d2, exact_diffusion
 from simdl.algorithms.dynamic import dynamic_averaging
+from simdl.algorithms.federated import fedavg, fedprox, scaffold
 from simdl.algorithms.gossip import cdmsgd, cdsgd, dpsgd, dsgd
 from simdl.algorithms.local import local_optimizer
 from simdl.algorithms.qgm import qg_adam, qg_dsgdm
@@ -35,6 +36,9 @@ ALGORITHMS = {
     "gradient_tracking": gradient_tracking,
     "sgp": sgp,
     "choco_sgd": choco_sgd,
+    "fedavg": fedavg,
+    "fedprox": fedprox,
+    "scaffold": scaffold,
 }
 
 
