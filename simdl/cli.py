@@ -170,12 +170,15 @@ def check_out(path: str) -> Path:
     return p
 
 
-def _record_id(task_cfg: dict, train: dict, run: dict, system: dict | None = None) -> str:
+def _record_id(task_cfg: dict, train: dict, run: dict, system: dict | None = None,
+               participation: dict | None = None) -> str:
     """Stable id of one run of ``simdl run`` (its task, resolved train settings and run table, name included, and
-    the ``[system]`` table when there is one)."""
+    the ``[system]`` and ``[participation]`` tables when there are)."""
     core = {"task": task_cfg, "train": train, "run": run}
     if system is not None:
         core["system"] = system
+    if participation is not None:
+        core["participation"] = participation
     return hashlib.sha1(json.dumps(core, sort_keys=True, default=repr).encode()).hexdigest()[:12]
 
 
@@ -294,6 +297,10 @@ def cmd_run(args) -> int:
     # Everything that can be checked is checked before the first compilation.
     faults = simdl.faults.from_config(train)
     system = simdl.systems.from_config(cfg.get("system"))  # None without a [system] section
+    from simdl import participation as part_mod
+
+    participation = part_mod.from_config(cfg.get("participation"),  # None without a [participation] section
+                                         base_dir=Path(args.config).parent)
     tb_writer = None
     if args.tensorboard:
         from simdl.tensorboard import MISSING, available
@@ -313,6 +320,8 @@ def cmd_run(args) -> int:
         simdl.mixing.choose_method(topo, train["mixing"])
         simdl.faults.check_algorithm(faults, alg, topo, task)
         simdl.systems.check_system(system, topo, alg)
+        part_mod.check_participation(participation, task.n_workers, train["steps"], alg.round_length)
+        part_mod.check_algorithm(participation, alg, topo, task)
         built.append((run, topo, alg))
     wb = train["worker_batch"]
     if wb is not None and (isinstance(wb, bool) or not isinstance(wb, int) or wb < 1):
@@ -333,7 +342,8 @@ def cmd_run(args) -> int:
     from simdl.sweep import RunStore
 
     store = RunStore(out)  # DIR/runs/<id>.json per finished run: a re-run skips them and never loses them
-    ids = [_record_id(cfg.get("task", {}), train, run, cfg.get("system")) for run, _, _ in built]
+    ids = [_record_id(cfg.get("task", {}), train, run, cfg.get("system"), cfg.get("participation"))
+           for run, _, _ in built]
     todo = [b for b, rid in zip(built, ids, strict=True) if not store.done(rid)]
     if len(todo) < len(built):
         print(f"{len(built) - len(todo)} of {len(built)} runs already finished in {out / 'runs'}, skipped "
@@ -349,7 +359,7 @@ def cmd_run(args) -> int:
         bar = tqdm(total=train["steps"] * len(todo), unit="step", desc="simdl", dynamic_ncols=True)
     sim_kw = {"steps": train["steps"], "batch_size": train["batch_size"], "eval_every": train["eval_every"],
               "mixing": train["mixing"], "faults": faults, "worker_batch": wb, "execution": train["execution"],
-              "compute_dtype": train["compute_dtype"], "system": system}
+              "compute_dtype": train["compute_dtype"], "system": system, "participation": participation}
     try:
         for (run, topo, alg), rid in zip(built, ids, strict=True):
             if store.done(rid):

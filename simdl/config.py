@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 SECTIONS = ("task", "train", "run_defaults", "runs", "scale",  # "scale": a top-level key (simdl.scale)
-            "system")  # "system": the simulated machines and network (simdl.systems.from_config)
+            "system",  # "system": the simulated machines and network (simdl.systems.from_config)
+            "participation")  # "participation": which workers take part per round (simdl.participation.from_config)
 TRAIN_KEYS = ("steps", "epochs", "batch_size", "eval_every", "seed", "seeds", "mixing", "message_drop",
               "link_failure", "straggler", "message_lost", "worker_batch",
               "execution", "compute_dtype")

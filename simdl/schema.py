@@ -34,6 +34,11 @@ TRAIN_TYPES: dict[str, Any] = {
     "worker_batch": int | None, "execution": str, "compute_dtype": str,
 }
 
+#: Types of the ``[participation]`` keys (which ones a ``kind`` takes: :data:`simdl.participation.KINDS`).
+PARTICIPATION_TYPES: dict[str, Any] = {
+    "kind": str, "k": int, "weighted": bool, "p_leave": float, "p_return": float, "path": str,
+}
+
 #: Types of the run keys that are not algorithm arguments.
 RUN_TYPES: dict[str, Any] = {
     "name": str, "algorithm": str, "topology": str, "topology_args": dict, "schedule": dict,
@@ -160,6 +165,8 @@ def _check_sweep(sweep, cfg: dict, runs: list[dict]) -> None:
                 types = task_types(cfg.get("task", {}))
             elif section == "train":
                 types = TRAIN_TYPES
+            elif section == "participation":
+                types = PARTICIPATION_TYPES
             elif section in SECTIONS and section not in ("runs", "run_defaults", "scale"):
                 continue  # checked by its own section's parser (e.g. [system])
             else:
@@ -201,5 +208,27 @@ def check_config(cfg: dict) -> None:
     expanded = expand_runs(cfg)
     for i, run in enumerate(expanded):
         _check_run(f"runs[{i}]", run)
+    if "participation" in cfg:
+        _check_participation(cfg["participation"])
     if "sweep" in cfg:
         _check_sweep(cfg["sweep"], cfg, expanded)
+
+
+def _check_participation(table) -> None:
+    """``[participation]``: known keys of the right types, ``kind`` one of :data:`simdl.participation.KINDS` and
+    only that kind's keys (ranges and ``k <= n`` are checked against the run before compiling)."""
+    from simdl.participation import KINDS
+
+    _check_table("participation", table, PARTICIPATION_TYPES)
+    kind = table.get("kind")
+    if kind is None:
+        raise ConfigError(f"participation.kind: missing; one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise ConfigError(f"participation.kind: {kind!r}, expected one of {', '.join(KINDS)}")
+    required, optional = KINDS[kind]
+    for key in sorted(set(table) - {"kind"} - required - optional):
+        raise ConfigError(f"participation.{key}: not a key of kind {kind!r}; it takes "
+                          f"{', '.join(sorted(required | optional))}")
+    for key in sorted(required - set(table)):
+        raise ConfigError(f"participation.{key}: missing (kind {kind!r} takes "
+                          f"{', '.join(sorted(required | optional))})")
