@@ -4,6 +4,7 @@ Every factory takes ``learning_rate`` (float or optax schedule); those with loca
 and ``nesterov``; all other hyperparameters are keywords with the papers' defaults.
 """
 
+from simdl.algorithms.asynchronous import ad_psgd, randomized_gossip
 from simdl.algorithms.averaging import allreduce, local_sgd, model_averaging_clr
 from simdl.algorithms.base import Algorithm, Context
 from simdl.algorithms.choco import choco_sgd
@@ -36,6 +37,8 @@ ALGORITHMS = {
     "gradient_tracking": gradient_tracking,
     "sgp": sgp,
     "choco_sgd": choco_sgd,
+    "ad_psgd": ad_psgd,
+    "randomized_gossip": randomized_gossip,
     "fedavg": fedavg,
     "fedprox": fedprox,
     "scaffold": scaffold,
