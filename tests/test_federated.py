@@ -367,3 +367,26 @@ def test_registry_and_protocol_fields():
 def test_bad_arguments_name_the_value(make, value):
     with pytest.raises(ValueError, match=re.escape(value)):
         make()
+
+
+@pytest.mark.parametrize("make", [lambda: fedavg(0.05, local_steps=3, server_optimizer=optax.adam(0.1, eps=1e-3)),
+                                  lambda: scaffold(0.05, local_steps=3)])
+def test_runner_participation_and_server_clock(make):
+    """Through simdl.simulate: the runner's cohorts reach ctx.active (same trajectory as stepping by hand), only the
+    cohort uploads, and a round lasts as long as its slowest sampled client (free links: 3 local steps)."""
+    from simdl.participation import trace
+    from simdl.systems import SystemModel
+
+    A, b = _problem(n=4, seed=12)
+    cohorts = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]], bool)
+    r = simdl.simulate(simdl.tasks.quadratics(A, b), make(), T.complete(4), steps=9, batch_size=1, eval_every=3,
+                       participation=trace(cohorts), system=SystemModel(compute_time=[1.0, 2.0, 3.0, 4.0]))
+    run = _Runner(make(), 4, 3)
+    for t in range(9):
+        run.step(_grad(A, b, run.x()), t, cohorts[t // 3])
+    np.testing.assert_allclose(np.asarray(r.params["x"]), run.x(), rtol=1e-5, atol=1e-6)
+    assert np.all(r.history["consensus_distance"] < 1e-12)
+    per_upload = 12.0 * (2 if make().name == "scaffold" else 1)  # 3 float32 (+ the control variate)
+    np.testing.assert_allclose(r.history["bytes_per_worker"], per_upload * 2 / 4 * np.arange(1, 4))
+    c = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(r.history["sim_time_s"], np.cumsum([3 * c[m].max() for m in cohorts]), rtol=1e-6)
