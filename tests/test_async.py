@@ -356,3 +356,16 @@ def test_validation_errors():
     tv = simdl.topologies.one_peer_exponential(4)
     with pytest.raises(ValueError, match="static"):
         ad_psgd(0.1).init({"x": jnp.zeros((4, 1))}, _ctx(tv, 0))
+
+
+def test_ad_psgd_with_a_system_model_runs_on_its_own_clock():
+    """compute_time = (1, 1, 1, 3) s: every tick is 1 s (sim_time_s = Σ tick_s); the fast workers apply every tick
+    with τ = 0, the slow one every third tick with τ = 6 (the fast workers' updates of the two ticks in between)."""
+    task = simdl.tasks.random_quadratics(n_workers=4, dim=3, zeta2=0.5, r0=2.0, seed=2)
+    system = simdl.systems.SystemModel(compute_time=[1.0, 1.0, 1.0, 3.0])
+    res = simdl.simulate(task, ad_psgd(0.02), simdl.topologies.ring(4), steps=60, eval_every=30, system=system)
+    h = res.history
+    np.testing.assert_allclose(h["sim_time_s"], h["tick_s"])
+    np.testing.assert_allclose(h["sim_time_s"], h["step"])
+    np.testing.assert_allclose(h["updates_applied"][-1], (60 * 3 + 20) / 4)
+    np.testing.assert_allclose(h["staleness"][-1], 20 * 6 / 4)
