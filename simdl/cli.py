@@ -453,7 +453,8 @@ def cmd_sweep(args, cfg: dict | None = None) -> int:
 
     check_out(args.out)
     cfg = cfg if cfg is not None else _load_sweep(args)
-    plan = Planned(cfg)  # builds and validates every run before anything compiles
+    base = Path(args.config).parent if getattr(args, "config", None) else None
+    plan = Planned(cfg, base)  # builds and validates every run before anything compiles
     out = check_out(args.out)
     store = RunStore(out)
     finished = sum(store.done(s["id"]) for s in plan.specs)

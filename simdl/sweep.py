@@ -27,11 +27,13 @@ def _set(cfg: dict, dotted: str, value) -> None:
 
 def expand_grid(cfg: dict) -> list[dict]:
     """All runs of a sweep config, each a resolved ``{"task", "train", "run"}`` dict with ``id`` and ``label``
-    (and ``"system"``, the ``[system]`` table, when the config has one).
+    (and ``"system"`` / ``"participation"``, the ``[system]`` / ``[participation]`` tables, when the config has
+    them).
 
     The grid is the product of the ``[[runs]]`` entries and every list in ``[sweep]``: a dotted key
-    (``"task.alpha"``, ``"train.seed"``, ``"system.latency"``) sets that config key; a bare key (``learning_rate``,
-    ``topology``, ``momentum``) sets a run key. ``[train] seeds = [...]`` is one more ``"train.seed"`` axis.
+    (``"task.alpha"``, ``"train.seed"``, ``"system.latency"``, ``"participation.k"``) sets that config key; a bare
+    key (``learning_rate``, ``topology``, ``momentum``) sets a run key. ``[train] seeds = [...]`` is one more
+    ``"train.seed"`` axis.
 
     Raises:
       ValueError: a ``[sweep]`` value that is not a non-empty list; ``[train] seeds`` with a ``"train.seed"`` axis.
@@ -56,8 +58,9 @@ def expand_grid(cfg: dict) -> list[dict]:
         for combo in itertools.product(*[v for _, v in axes]):
             spec = {"task": copy.deepcopy(cfg.get("task", {})), "train": copy.deepcopy(cfg.get("train", {})),
                     "run": copy.deepcopy(run)}
-            if "system" in cfg:
-                spec["system"] = copy.deepcopy(cfg["system"])
+            for section in ("system", "participation"):
+                if section in cfg:
+                    spec[section] = copy.deepcopy(cfg[section])
             for (key, _), value in zip(axes, combo, strict=True):
                 if "." in key:
                     _set(spec, key, value)
@@ -72,18 +75,19 @@ def expand_grid(cfg: dict) -> list[dict]:
 
 
 def run_id(spec: dict) -> str:
-    """Stable 12-hex-digit id of a resolved run (hash of its task, train and run settings, and its ``[system]``
-    table when it has one)."""
+    """Stable 12-hex-digit id of a resolved run (hash of its task, train and run settings, and its ``[system]`` and
+    ``[participation]`` tables when it has them)."""
     core = {"task": spec["task"], "train": spec["train"], "run": {k: v for k, v in spec["run"].items() if k != "name"}}
-    if "system" in spec:
-        core["system"] = spec["system"]
+    for section in ("system", "participation"):
+        if section in spec:
+            core[section] = spec[section]
     return hashlib.sha1(json.dumps(core, sort_keys=True, default=repr).encode()).hexdigest()[:12]
 
 
 def group_key(spec: dict) -> str:
     """Runs with equal group keys differ only in :data:`BATCHABLE` values and compile to one program."""
     s = copy.deepcopy({"task": spec["task"], "train": spec["train"], "run": spec["run"],
-                       "system": spec.get("system")})
+                       "system": spec.get("system"), "participation": spec.get("participation")})
     for dotted in BATCHABLE:
         sect, key = dotted.split(".")
         s[sect].pop(key, None)
@@ -190,8 +194,11 @@ def algorithm_builder(run: dict, task, train: dict | None = None):
 class Planned:
     """A sweep ready to execute: resolved runs, their compile groups and built tasks/topologies."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, base_dir: str | Path | None = None):
+        """``base_dir``: where relative paths of the config (a participation trace) are looked up when they are not
+        found from the working directory (the config file's folder)."""
         import simdl
+        from simdl import participation
         from simdl.recipes import resolve_train
         from simdl.simulate import check_compute_dtype, validate
 
@@ -213,7 +220,10 @@ class Planned:
             simdl.mixing.choose_method(topo, train["mixing"])
             simdl.faults.check_algorithm(train_faults(train), alg, topo, task)
             system = simdl.systems.check_system(simdl.systems.from_config(spec.get("system")), topo, alg)
-            self.built[spec["id"]] = (task, topo, fn, train, system)
+            part = participation.check_participation(participation.from_config(spec.get("participation"), base_dir),
+                                                     task.n_workers, train["steps"], alg.round_length)
+            participation.check_algorithm(part, alg, topo, task)
+            self.built[spec["id"]] = (task, topo, fn, train, system, part)
 
     def task(self, task_cfg: dict):
         key = json.dumps(task_cfg, sort_keys=True)
@@ -223,7 +233,7 @@ class Planned:
 
 
 def _record(spec: dict, res, group: int, wall: float) -> dict:
-    extra = {"system": spec["system"]} if "system" in spec else {}
+    extra = {k: spec[k] for k in ("system", "participation") if k in spec}
     return {"id": spec["id"], "label": spec["label"], "task": spec["task"], "train": spec["train"],
             "run": spec["run"], **extra, "group": group, "status": "ok" if res.diverged_at is None else "diverged",
             "diverged_at": res.diverged_at, "compiles": res.info["compiles"], **run_strategy(res.info),
@@ -245,14 +255,14 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
             on_group(g, group, todo)
         if not todo:
             continue
-        task0, topo, fn, train, system = plan.built[todo[0]["id"]]
+        task0, topo, fn, train, system, part = plan.built[todo[0]["id"]]
         t0 = time.perf_counter()
         if len(todo) == 1:
             results = [simdl.simulate(task0, fn({}), topo, steps=train["steps"], batch_size=train["batch_size"],
                                       seed=train["seed"], eval_every=train["eval_every"], mixing=train["mixing"],
                                       faults=train_faults(train), worker_batch=train["worker_batch"],
                                       execution=train["execution"], compute_dtype=train["compute_dtype"],
-                                      system=system)]
+                                      system=system, participation=part)]
         else:
             tasks = [plan.built[s["id"]][0] for s in todo]
             hps = [{"learning_rate": float(s["run"]["learning_rate"])} if "learning_rate" in s["run"] else {}
@@ -262,7 +272,7 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
                                      seeds=seeds, eval_every=train["eval_every"], mixing=train["mixing"],
                                      faults=train_faults(train), worker_batch=train["worker_batch"],
                                      execution=train["execution"], compute_dtype=train["compute_dtype"],
-                                     system=system)
+                                     system=system, participation=part)
         wall = time.perf_counter() - t0
         for spec, res in zip(todo, results, strict=True):
             rec = _record(spec, res, g, wall / len(todo))

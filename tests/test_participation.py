@@ -359,3 +359,21 @@ def test_simdl_run_uses_the_participation_section(tmp_path):
     assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--no-plots"]) == 0
     (run,) = json.loads((tmp_path / "o" / "results.json").read_text())["runs"]
     assert run["history"]["active_steps"] == [1.0, 2.0]  # 2 of 4 workers each step
+
+
+def test_sweep_over_participation_k(tmp_path, capsys):
+    from simdl.cli import main
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(CFG + '[sweep]\n"participation.k" = [1, 4]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet", "--no-plots"]) == 0
+    recs = sorted((json.loads(p.read_text()) for p in (out / "runs").glob("*.json")),
+                  key=lambda r: r["participation"]["k"])
+    assert [r["participation"]["k"] for r in recs] == [1, 4]
+    assert [r["history"]["active_steps"] for r in recs] == [[0.5, 1.0], [2.0, 4.0]]
+    bad = tmp_path / "b.toml"
+    bad.write_text(CFG + '[sweep]\n"participation.k" = [1, 5]\n')
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "o2"), "--quiet", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "client_sampling k=5 is larger than the number of workers n=4" in err and "\n" not in err
