@@ -99,6 +99,23 @@ def test_fedavg_equals_local_sgd_on_every_step(lr, momentum, weights):
             np.testing.assert_array_equal(np.asarray(aux["bytes_sent"]), np.zeros(4))
 
 
+def test_custom_local_optimizer_is_reset_every_round():
+    A, b = _problem(n=4, seed=13)
+    sgd = _Runner(fedavg(0.05, local_steps=3, optimizer=optax.sgd(0.05)), 4, 3)
+    ref = _Runner(fedavg(0.05, local_steps=3), 4, 3)
+    adam = _Runner(fedavg(0.05, local_steps=3, optimizer=optax.adam(0.01)), 4, 3)
+    fresh = jax.tree_util.tree_map(np.asarray, adam.state.opt_state)
+    for t in range(6):
+        g = _grad(A, b, ref.x())
+        sgd.step(g, t)
+        ref.step(g, t)
+        adam.step(_grad(A, b, adam.x()), t)
+        np.testing.assert_allclose(sgd.x(), ref.x(), rtol=0, atol=1e-6)
+        leaves = [np.asarray(u) for u in jax.tree_util.tree_leaves(adam.state.opt_state)]
+        same = all(np.array_equal(u, v) for u, v in zip(leaves, jax.tree_util.tree_leaves(fresh), strict=True))
+        assert same == ((t + 1) % 3 == 0), t  # stateless clients: fresh Adam moments and count at each round start
+
+
 # --------------------------------------------------------------------------------------------------------------
 # numpy transcriptions with client sampling
 

@@ -231,7 +231,8 @@ def fedavg(learning_rate, local_steps: int = 4, server_optimizer: optax.Gradient
       optimizer: optional optax transformation used as the clients' local optimizer instead of SGD (its updates
         are the local step; ``learning_rate`` then only sets ``aux["lr"]``).
       weighted: weight the cohort average by the clients' shard sizes (``ctx.worker_weights``), as FedAvg does;
-        ``False``: uniform.
+        ``False``: uniform. With clients sampled in proportion to their shard sizes
+        (``simdl.participation.client_sampling(k, weighted=True)``), ``False`` is the unbiased choice.
       weight_decay_mask: optional pytree/callable of bools: which leaves get weight decay.
 
     Returns:
