@@ -66,6 +66,9 @@ communicates with ``ctx.mix`` or ``ctx.mix_delta``. Note that gradient tracking'
 correction = 0) needs a doubly stochastic ``W'_t`` too: it survives link failures on a symmetric W but not message
 drops. Straggler faults work with every algorithm.
 
+Partial participation (:mod:`simdl.participation`) uses the same ``"renormalize"`` rule for the messages of
+inactive workers, on top of these faults (the step's ``W'_t`` renormalised over the active workers).
+
 Accounting: ``bytes_per_worker`` still counts every attempted send (a lost message was sent). With faults the history
 gains cumulative counters (mean over workers): ``messages_lost`` (incoming messages lost, gossip faults) and
 ``straggler_steps`` (steps the worker skipped).

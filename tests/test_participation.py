@@ -278,6 +278,20 @@ def test_masks_independent_of_chunking_and_equal_in_a_batch(quad):
     np.testing.assert_allclose(np.asarray(c.params["x"]), np.asarray(b.params["x"]), rtol=1e-5, atol=1e-6)
 
 
+def test_resume_keeps_the_churn_chain_and_faults_compose(quad, tmp_path):
+    kw = dict(batch_size=1, eval_every=3, participation=P.markov(0.5, 0.5), faults={"message_drop": 0.3},
+              system=SystemModel(compute_time=1.0, latency=0.1))
+    full = simdl.simulate(quad, dsgd(0.05), T.ring(4), steps=6, **kw)
+    simdl.simulate(quad, dsgd(0.05), T.ring(4), steps=3, checkpoint_dir=tmp_path, **kw)
+    res = simdl.simulate(quad, dsgd(0.05), T.ring(4), steps=6, checkpoint_dir=tmp_path, resume=True, **kw)
+    for k in ("loss", "active_steps", "sim_time_s", "bytes_per_worker", "messages_lost"):
+        np.testing.assert_array_equal(res.history[k], full.history[k], err_msg=k)
+    assert 0 < full.history["active_steps"][-1] < 6
+    with pytest.raises(ValueError, match="participation"):  # a different spec is a different run
+        simdl.simulate(quad, dsgd(0.05), T.ring(4), steps=6, checkpoint_dir=tmp_path, resume=True,
+                       **{**kw, "participation": P.markov(0.5, 0.4)})
+
+
 # --------------------------------------------------------------------------- bad input
 
 
