@@ -1,4 +1,5 @@
-"""Asynchronous gossip on a simulated clock: AD-PSGD and randomized gossip (docs/algorithms.md#asynchronous-gossip).
+"""Asynchronous gossip on a simulated clock: AD-PSGD and randomized gossip
+(docs/algorithms.md#asynchronous-gossip-ad_psgd-randomized_gossip).
 
 * AD-PSGD (Lian, Zhang, Zhang, Liu 2018, arXiv 1710.06952, "Asynchronous Decentralized Parallel Stochastic
   Gradient Descent"). Every worker loops, at its own speed: read its model x̂_i ← x_i, compute a stochastic
@@ -231,16 +232,19 @@ def ad_psgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight
     """AD-PSGD (Lian et al. 2018, arXiv 1710.06952), simulated on an event clock (docs/algorithms.md#ad_psgd).
 
     **One step is one tick** of the simulated clock. Each worker computes for ``ctx.compute_time[i]`` seconds (the
-    run's system model; 1.0 s for everybody without one) on the snapshot ``read_i`` of its model; the workers whose
-    computation ends in the tick then apply, in the order they finish (simultaneous ones in a uniformly random
-    order), each (1) the atomic pairwise average x_i, x_j ← (x_i + x_j)/2 with a uniformly random neighbour j and
-    (2) x_i ← x_i − η D_i, D_i the local optimizer's direction from the gradient at ``read_i``; then each restarts:
-    ``read_i ← x_i`` (the model at the end of the tick) and a new computation of ``compute_time[i]`` seconds (the
-    compute time the runner gives for the next tick). The whole tick is one composed linear map
-    ``X ← P X + Q U`` (:func:`compose_pairwise`), applied with one dense contraction per leaf.
+    run's system model; 1.0 s for everybody without one) on the snapshot ``read_i`` of its model (``query``
+    returns the snapshots, so the runner's gradients are evaluated there). The workers whose computation ends in
+    the tick apply in the order they finish, each (1) the atomic pairwise average x_i, x_j ← (x_i + x_j)/2 with a
+    uniformly random neighbour j, then (2) x_i ← x_i − η D_i, D_i the local optimizer's direction from the gradient
+    at ``read_i``. Workers finishing at the same time (always so with equal compute times) form one group: all its
+    averages, in a uniformly random order, then all its gradient steps; a group of one is one iteration of the
+    paper's Algorithm 1. Then each of them restarts: ``read_i ← x_i`` (its model at the end of the tick) and a new
+    computation, whose duration is ``ctx.compute_time[i]`` of the next tick. The whole tick is one composed linear
+    map ``X ← P X + Q U`` (:func:`compose_pairwise`), applied with one dense contraction per leaf (O(n² · model)
+    per tick, like dense gossip).
 
     * ``tick=None`` (default, event-driven): the tick advances to the earliest finish time, so every step applies
-      ≥ 1 worker and the simulation is exact (the order of operations is the paper's). With distinct finish times
+      ≥ 1 worker and the simulation is exact (the paper's order of operations). With distinct finish times
       exactly one worker applies per step, and the other n − 1 gradients the runner evaluated that step are
       discarded: a run needs about n times as many steps for the same number of updates.
     * ``tick=Δ`` seconds: the tick advances by Δ and every worker finishing within it applies, in finish order.
