@@ -82,7 +82,7 @@ def test_output_section_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("path,value,needle", [
     (("runs", 0, "topology_args"), {"lazy_weight": "x"}, "runs[0].topology_args.lazy_weight: 'x', expected a number"),
     (("runs", 0, "topology_args"), {"lazzy": 0.1}, "runs[0].topology_args.lazzy: unknown key for topology ring"),
-    (("runs", 0, "algorithm"), "dsdg", "runs[0].algorithm: 'dsdg', expected one of allreduce"),
+    (("runs", 0, "algorithm"), "dsdg", "runs[0].algorithm: 'dsdg', expected one of ad_psgd, allreduce"),
     (("runs", 0, "momentun"), 0.9, "runs[0].momentun: unknown key for dsgd; valid: name, algorithm"),
     (("runs", 0, "schedule"), "cosine", "runs[0].schedule: 'cosine', expected a table"),
     (("task", "n_workers"), 4.0, "task.n_workers: 4.0, expected an integer"),
