@@ -9,7 +9,7 @@ system model :class:`SystemModel` (simulated time), and the subpackages ``algori
 ``mixing``, ``faults``, ``memory``, ``metrics``, ``schedules``, ``systems``.
 """
 
-from simdl import algorithms, faults, memory, metrics, mixing, schedules, systems, tasks, topologies
+from simdl import algorithms, faults, memory, metrics, mixing, participation, schedules, systems, tasks, topologies
 from simdl.algorithms.base import Algorithm, Context
 from simdl.batch import simulate_batch
 from simdl.faults import Faults
@@ -21,5 +21,5 @@ from simdl.topologies.base import Topology
 __version__ = "0.1.0"
 
 __all__ = ["Algorithm", "Context", "Faults", "SimulationResult", "SystemModel", "Task", "Topology", "__version__",
-           "algorithms", "faults", "memory", "metrics", "mixing", "schedules", "simulate", "simulate_batch", "systems",
-           "tasks", "topologies"]
+           "algorithms", "faults", "memory", "metrics", "mixing", "participation", "schedules", "simulate",
+           "simulate_batch", "systems", "tasks", "topologies"]
