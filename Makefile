@@ -1,4 +1,4 @@
-# `make run`: create .venv if missing, install simdl, run the default experiment (digits, 16 workers).
+# `make run`: create .venv if missing, install simdl, run the default experiment (digits, 64 workers, 7 algorithms, 3 seeds).
 # `make test`: same set-up, then the test suite.
 # `make bench`: same set-up plus the bench extra (CPU PyTorch), then the quick throughput benchmark (< 3 min).
 PYTHON ?= python3
