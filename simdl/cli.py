@@ -300,7 +300,7 @@ def cmd_run(args) -> int:
     from simdl import participation as part_mod
 
     participation = part_mod.from_config(cfg.get("participation"),  # None without a [participation] section
-                                         base_dir=Path(args.config).parent)
+                                         base_dir=Path(args.config).parent if args.config else None)
     tb_writer = None
     if args.tensorboard:
         from simdl.tensorboard import MISSING, available
