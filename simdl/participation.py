@@ -394,24 +394,34 @@ def sampler(spec, n: int, worker_weights=None) -> Sampler | None:
 # --------------------------------------------------------------------------- gossip over the active workers
 
 
+def _bcast(v, x):
+    """A per-worker ``(n,)`` vector shaped to broadcast against the stacked leaf ``x`` (in its dtype)."""
+    return v.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+
+
+def _inactive_mass(mix, tree, off, split: bool):
+    """``(W((1 − a)X), W(1 − a))`` per leaf: what each receiver got from inactive senders, and their weight (mixed
+    per coordinate on split topologies)."""
+    gone = mix(jax.tree_util.tree_map(lambda x: _bcast(off, x) * x, tree))
+    if split:
+        lost = mix(jax.tree_util.tree_map(lambda x: jnp.broadcast_to(_bcast(off, x), x.shape), tree))
+    else:
+        lost_n = mix(off)
+        lost = jax.tree_util.tree_map(lambda x: _bcast(lost_n, x), tree)
+    return gone, lost
+
+
 def renormalized_mix(mix, active: jax.Array, split: bool = False):
     """``mix'(tree) = W'_t X`` with ``W'_t`` the step's ``W_t`` (what ``mix`` applies) renormalised over the active
     workers (module docstring): ``(W'X)_i = (W X − W ((1 − a) X))_i / (1 − (W (1 − a))_i)`` for active i, ``x_i``
     for inactive i. With every worker active it returns ``mix(tree)`` bit for bit. ``split``: the topology mixes
     each coordinate with one of several trees (the normaliser is then mixed per coordinate)."""
     off = (~active).astype(jnp.float32)
-
-    def bcast(v, x):
-        return v.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    bcast = _bcast
 
     def apply(tree):
         mixed = mix(tree)
-        gone = mix(jax.tree_util.tree_map(lambda x: bcast(off, x) * x, tree))
-        if split:
-            lost = mix(jax.tree_util.tree_map(lambda x: jnp.broadcast_to(bcast(off, x), x.shape), tree))
-        else:
-            lost_n = mix(off)
-            lost = jax.tree_util.tree_map(lambda x: bcast(lost_n, x), tree)
+        gone, lost = _inactive_mass(mix, tree, off, split)
 
         def one(x, m, g, lw):
             s = jnp.asarray(1.0, x.dtype) - lw
@@ -428,18 +438,11 @@ def renormalized_difference(mix, difference, active: jax.Array, split: bool = Fa
     (W(1 − a))_i)`` with ``D = difference`` (the step's ``scale · (W_t − I) X``), 0 for inactive i. Bit for bit
     ``difference(tree, scale)`` when every worker is active."""
     off = (~active).astype(jnp.float32)
-
-    def bcast(v, x):
-        return v.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    bcast = _bcast
 
     def apply(tree, scale=1.0):
         d = difference(tree, scale)
-        gone = mix(jax.tree_util.tree_map(lambda x: bcast(off, x) * x, tree))
-        if split:
-            lost = mix(jax.tree_util.tree_map(lambda x: jnp.broadcast_to(bcast(off, x), x.shape), tree))
-        else:
-            lost_n = mix(off)
-            lost = jax.tree_util.tree_map(lambda x: bcast(lost_n, x), tree)
+        gone, lost = _inactive_mass(mix, tree, off, split)
 
         def one(x, dx, g, lw):
             s = jnp.asarray(1.0, x.dtype) - lw
