@@ -2,6 +2,7 @@
 bottom at small size with the results its narrative describes (checked in the executed kernel)."""
 
 import ast
+import os
 from pathlib import Path
 
 import nbformat
@@ -11,9 +12,11 @@ from nbformat.v4 import new_code_cell
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 SMALL_STEPS = "60"
+# scaling.ipynb: simulate n = 16 and 64 (not 256: three fewer compiled programs); spectral gaps up to n = 128
+SMALL_N_MAX = "128"
 
-# Checks run in the notebook's kernel after its last cell (at SIMDL_NOTEBOOK_STEPS=60); an AssertionError fails the
-# test with the notebook's traceback.
+# Checks run in the notebook's kernel after its last cell (at SIMDL_NOTEBOOK_STEPS=60, SIMDL_NOTEBOOK_N_MAX=128); an
+# AssertionError fails the test with the notebook's traceback.
 CHECKS = {
     "quickstart.ipynb": """
 assert STEPS == 60
@@ -25,6 +28,27 @@ for name, r in results.items():
     assert r.diverged_at is None, name
 for name in ("D-SGD (ring)", "D-SGD Nesterov (ring)"):
     assert results[name].final["consensus_distance"] > 1e-6, name  # gossip on a ring leaves the models apart
+# section 5, simulated time: the clock follows the per-step formulas of docs/algorithms.md exactly (constant
+# compute, scalar links): ring all-reduce c + 2(n-1)/n B/bw + 2(n-1) lat, D-SGD on a ring c + lat + B/bw
+_n, _B = 16, model_bytes
+np.testing.assert_allclose(timed["WAN (10 ms)", "D-SGD (ring)"].final["bytes_per_worker"], 2 * _B * STEPS, rtol=1e-6)
+_per = {}
+for (net, name), r in timed.items():
+    assert r.info["compiles"] == 1 and r.diverged_at is None, (net, name)
+    lat = LATENCIES[net]
+    comm = 2 * (_n - 1) / _n * _B / 1e9 + 2 * (_n - 1) * lat if name.startswith("all-reduce") else lat + _B / 1e9
+    _per[net, name] = 0.01 + comm
+    np.testing.assert_allclose(r.history["sim_time_s"], r.history["step"] * _per[net, name], rtol=1e-5)
+_dc, _wan, _ar, _ds = "datacenter (10 µs)", "WAN (10 ms)", "all-reduce (complete)", "D-SGD (ring)"
+assert 1.0 < _per[_dc, _ar] / _per[_dc, _ds] < 1.05  # fast links: nearly the same step cost
+assert _per[_wan, _ar] / _per[_wan, _ds] > 10  # slow links: 30 latencies per step against one
+for name in (_ar, _ds):  # the system model adds a clock and does not change the training
+    np.testing.assert_array_equal(timed[_dc, name].history["avg_model_accuracy"],
+                                  timed[_wan, name].history["avg_model_accuracy"])
+# the crossover (90% is reached by both within 60 steps): all-reduce first on fast links, D-SGD first on slow ones
+_t = {key: time_to_target(r) for key, r in timed.items()}
+assert _t[_dc, _ar][1] < _t[_dc, _ds][1] < STEPS
+assert _t[_dc, _ar][0] < _t[_dc, _ds][0] and _t[_wan, _ds][0] < _t[_wan, _ar][0] / 2
 """,
     "heterogeneity_sweep.ipynb": """
 assert STEPS == 60
@@ -38,7 +62,7 @@ dsgd = results["D-SGD / ring"]
 assert dsgd[0].final["consensus_distance"] > dsgd[-1].final["consensus_distance"]
 """,
     "scaling.ipynb": """
-assert STEPS == 60
+assert STEPS == 60 and N_MAX == 128 and sizes[-1] == 128 and NS == [16, 64]
 # the exponential graph's gap shrinks only logarithmically, the ring's quadratically; one-peer over a
 # period and the complete graph average exactly; every run finished
 ring_gap, exp_gap = np.array(gaps["ring"]), np.array(gaps["exponential"])
@@ -117,10 +141,27 @@ def test_notebook_saved_with_outputs_and_narrative(path):
     assert path.stat().st_size < 400_000
 
 
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory):
+    """A persistent XLA compilation cache shared by the notebook kernels of this test session (fresh each session).
+
+    Compilation dominates a notebook's run at the test size, and the notebooks compile the same programs repeatedly
+    (every simulate call of a task compiles the same evaluation program; the kernels share start-up programs). A
+    cache hit returns the executable XLA would build again, so the results are the same, only faster."""
+    return tmp_path_factory.mktemp("jax_compilation_cache")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, jax_cache_dir):
     monkeypatch.setenv("SIMDL_NOTEBOOK_STEPS", SMALL_STEPS)
+    monkeypatch.setenv("SIMDL_NOTEBOOK_N_MAX", SMALL_N_MAX)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(jax_cache_dir))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache every program, not only slow ones
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # at the test size compiling dominates running: LLVM optimisation off cuts compile times by about a third
+    flags = os.environ.get("XLA_FLAGS", "")
+    monkeypatch.setenv("XLA_FLAGS", f"{flags} --xla_backend_optimization_level=0".strip())
     nb = nbformat.read(path, as_version=4)
     sources = [_python(c.source) for c in nb.cells if c.cell_type == "code"]
     nb.cells.append(new_code_cell(f"_cells_source = {sources!r}\n" + CHECKS[path.name]))
