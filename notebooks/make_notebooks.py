@@ -7,9 +7,9 @@
 
 Keeping the sources here makes notebook diffs readable. The saved notebooks carry their outputs (text and inline
 PNG figures at 80 dpi) so that they read as documents on GitHub; the execution timings nbclient would record are
-left out. Each notebook reads ``SIMDL_NOTEBOOK_STEPS`` from the environment; saving unsets it, so the saved outputs
-are those of the default size the narrative describes. tests/test_notebooks.py executes the notebooks again at a
-small size and checks their results.
+left out. Each notebook reads ``SIMDL_NOTEBOOK_STEPS`` (and scaling.ipynb ``SIMDL_NOTEBOOK_N_MAX``) from the
+environment; saving unsets them, so the saved outputs are those of the default size the narrative describes.
+tests/test_notebooks.py executes the notebooks again at a small size and checks their results.
 """
 
 import os
@@ -25,6 +25,8 @@ HERE = Path(__file__).parent
 # every notebook's import cell starts with the magic for inline figures; after the imports it makes them small PNGs
 INLINE = "%matplotlib inline\n"
 SMALL_FIGURES = 'plt.rcParams["figure.dpi"] = 80\n'
+# environment variables the notebooks read to run smaller (the tests set them; saving unsets them)
+SIZE_VARIABLES = ("SIMDL_NOTEBOOK_STEPS", "SIMDL_NOTEBOOK_N_MAX")
 
 QUICKSTART = [
     ("md", """# simdl quickstart
@@ -602,10 +604,12 @@ def build(cells, path):
 
 
 def execute(nb, path):
-    """Run ``nb`` in a fresh kernel at its default size (``SIMDL_NOTEBOOK_STEPS`` unset); returns seconds taken."""
+    """Run ``nb`` in a fresh kernel at its default size (``SIMDL_NOTEBOOK_STEPS``, ``SIMDL_NOTEBOOK_N_MAX`` unset);
+    returns seconds taken."""
     from nbclient import NotebookClient
 
-    os.environ.pop("SIMDL_NOTEBOOK_STEPS", None)
+    for var in SIZE_VARIABLES:
+        os.environ.pop(var, None)
     start = time.perf_counter()
     NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(Path(path).parent)}}).execute()
