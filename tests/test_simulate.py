@@ -105,11 +105,20 @@ def test_worker_groups_equal_full_vmap():
         simdl.simulate(task, dsgd(0.1), T.ring(8), steps=10, batch_size=8, worker_batch=0)
 
 
+@pytest.fixture(scope="module")
+def cnn_auto_run():
+    """A CNN task (small evaluation subsets: only the trained parameters are compared) and its run with
+    ``execution="auto"``, shared by the override tests."""
+    task = simdl.tasks.classification("digits", "cnn", n_workers=2, partition="iid", seed=0, max_eval_samples=8,
+                                      eval_batch_size=8, worker_eval_samples=8, train_eval_samples=8)
+    return task, simdl.simulate(task, dsgd(0.1), T.ring(2), steps=4, batch_size=4, eval_every=4, execution="auto")
+
+
 @pytest.mark.parametrize("execution", ["vmap", "map", "loop"])
-def test_execution_overrides_give_the_same_numbers(execution):
-    task = simdl.tasks.classification("digits", "cnn", n_workers=3, partition="iid", seed=0)
-    ref = simdl.simulate(task, dsgd(0.1), T.ring(3), steps=4, batch_size=4, eval_every=4, execution="auto")
-    got = simdl.simulate(task, dsgd(0.1), T.ring(3), steps=4, batch_size=4, eval_every=4, execution=execution)
+def test_execution_overrides_give_the_same_numbers(cnn_auto_run, execution):
+    task, ref = cnn_auto_run
+    got = simdl.simulate(task, dsgd(0.1), T.ring(2), steps=4, batch_size=4, eval_every=4, execution=execution)
+    assert got.info["execution"] == execution
     for x, y in zip(jax.tree_util.tree_leaves(ref.params), jax.tree_util.tree_leaves(got.params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
