@@ -140,8 +140,9 @@ def config_names() -> list[tuple[str, str]]:
         ("mixing", " | ".join(MIXING) + " ([train] mixing); relay_method: " + " | ".join(RELAY_METHODS)),
         ("execution", " | ".join(STRATEGIES) + " ([train] execution); compute_dtype: " + " | ".join(COMPUTE_DTYPES)),
         ("run keys", ", ".join(RUN_KEYS) + ", the algorithm's arguments, " + ", ".join(RECIPE_KEYS)
-         + ", optimizer"),
-        ("optimizers", ", ".join(OPTIMIZERS) + " (optimizer = NAME or {name = NAME, ...}: optax.NAME)"),
+         + ", optimizer, server_optimizer"),
+        ("optimizers", ", ".join(OPTIMIZERS) + " (optimizer = NAME or {name = NAME, ...}: optax.NAME; federated "
+         "server_optimizer = {name = NAME, learning_rate = ..., ...})"),
         ("schedules", ", ".join(SCHEDULES) + " (schedule = {kind = ...}); lr_scaling: " + " | ".join(SCALING_RULES)),
         ("compressors", ", ".join(COMPRESSORS) + " (choco_sgd compressor)"),
         ("momentum_sync", " | ".join(MOMENTUM_SYNC) + " (local_sgd)"),

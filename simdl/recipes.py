@@ -33,6 +33,9 @@ Config keys (per run, in ``[[runs]]`` or ``[run_defaults]``):
 * ``optimizer = "adam"`` or ``{name = "adam", b1 = 0.9, b2 = 0.99}``: the workers' local optimizer is that optax
   optimizer (:data:`OPTIMIZERS`) at the run's learning rate (after scaling and schedule) instead of SGD; momentum
   then belongs inside it (``momentum = 0``), weight decay is still added to the gradient first.
+* ``server_optimizer = {name = "adam", learning_rate = 0.01, eps = 1e-3}`` for ``fedavg``/``fedprox``/``scaffold``:
+  the optax optimizer applied to the round's pseudo-gradient at its own (server) learning rate
+  (:func:`server_optimizer_from_spec`; ``"sgd"`` alone is plain FedAvg).
 
 ``[train] epochs = E`` may replace ``steps`` (``steps = round(E · steps_per_epoch)``, :func:`resolve_train`).
 """
@@ -422,6 +425,51 @@ def optimizer_from_spec(spec, learning_rate) -> optax.GradientTransformation:
     return fn(learning_rate=schedule, **kw)
 
 
+def server_optimizer_from_spec(spec) -> optax.GradientTransformation:
+    """The server optimizer of a config run's ``server_optimizer`` key (``fedavg``, ``fedprox``, ``scaffold``).
+
+    The server optimizer is applied to the round's pseudo-gradient Δ = x − mean of the clients' models, so its
+    learning rate is the server learning rate η_g of Reddi et al. 2021 (arXiv 2003.00295), independent of the
+    clients' ``learning_rate``.
+
+    Args:
+      spec: ``"sgd"`` (plain FedAvg: ``optax.sgd(1.0)``), or a table ``{name = ..., learning_rate = η_g,
+        <keyword> = <value>, ...}`` with a name from :data:`OPTIMIZERS` whose other keys are keyword arguments of
+        that optax function: FedAvgM is ``{name = "sgd", learning_rate = 1.0, momentum = 0.9}``, FedAdam
+        ``{name = "adam", learning_rate = 0.01, b1 = 0.9, b2 = 0.99, eps = 1e-3}`` (eps is the paper's τ),
+        FedYogi the same with ``name = "yogi"``.
+
+    Raises:
+      ValueError: unknown name (valid ones listed), a table without ``learning_rate`` (except for ``sgd``, whose
+        default is 1.0) or with a non-positive one, a keyword the optax function does not take (its keywords
+        listed), or a spec that is neither a string nor a table with ``name``.
+    """
+    if isinstance(spec, str):
+        name, kw = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        name, kw = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    else:
+        raise ValueError(f"server_optimizer: expected a name ({', '.join(OPTIMIZERS)}) or a table with name = ..., "
+                         f"learning_rate = ..., got {spec!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"server_optimizer: unknown name {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if "learning_rate" not in kw:
+        if name != "sgd":
+            raise ValueError(f"server_optimizer: {name} needs a server learning rate: "
+                             f"{{name = {name!r}, learning_rate = ...}}")
+        kw["learning_rate"] = 1.0
+    lr = kw["learning_rate"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"server_optimizer: learning_rate must be a number > 0, got {lr!r}")
+    fn = getattr(optax, name)
+    params = list(inspect.signature(fn).parameters)
+    unknown = sorted(set(kw) - set(params))
+    if unknown:
+        raise ValueError(f"server_optimizer: optax.{name} takes no {', '.join(unknown)}; its keywords: "
+                         f"{', '.join(params)}")
+    return fn(**kw)
+
+
 def _accepts(name: str, kw: str) -> bool:
     from simdl.algorithms import ALGORITHMS
 
@@ -438,6 +486,8 @@ def resolve_run_kwargs(run: dict, task, train: dict) -> dict:
     * ``learning_rate`` goes through :func:`learning_rate_fn` (``lr_scaling``, ``schedule``);
     * ``optimizer`` (a name or table, :func:`optimizer_from_spec`) becomes that optax optimizer at the run's
       learning rate;
+    * ``server_optimizer`` (a name or table, :func:`server_optimizer_from_spec`) becomes the federated
+      algorithms' optax server optimizer;
     * ``decay_norm = false`` sets ``weight_decay_mask`` (:func:`weight_decay_mask`);
     * ``local_epochs`` (``local_sgd``) sets ``local_steps = local_epochs · steps_per_epoch``;
     * ``model_averaging_clr`` gets ``steps_per_epoch`` unless given.
@@ -473,6 +523,14 @@ def resolve_run_kwargs(run: dict, task, train: dict) -> dict:
         if "learning_rate" not in kwargs:
             raise ValueError(f"run {run.get('name', name)!r}: optimizer needs the run's learning_rate")
         kwargs["optimizer"] = optimizer_from_spec(kwargs["optimizer"], kwargs["learning_rate"])
+    if "server_optimizer" in kwargs:
+        if not _accepts(name, "server_optimizer"):
+            from simdl.algorithms import ALGORITHMS
+
+            ok = sorted(k for k in ALGORITHMS if _accepts(k, "server_optimizer"))
+            raise ValueError(f"server_optimizer: {name} has no server optimizer (algorithms with one: "
+                             f"{', '.join(ok)})")
+        kwargs["server_optimizer"] = server_optimizer_from_spec(kwargs["server_optimizer"])
     if weight_decay_mask(run.get("decay_norm", True)) is not None:
         if _accepts(name, "weight_decay_mask"):
             kwargs["weight_decay_mask"] = weight_decay_mask(False)

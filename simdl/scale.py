@@ -37,7 +37,12 @@ def _tiny_task(task: dict, n_runs_workers: int) -> dict:
         return t
     t["max_eval_samples"] = TINY_EVAL_SAMPLES
     t["eval_batch_size"] = TINY_EVAL_SAMPLES
-    if t.get("dataset", "digits") != "digits":
+    if t.get("dataset") == "synthetic":  # generated, not loaded: fewer samples per worker
+        dk = dict(t.get("dataset_kwargs") or {})
+        dk["samples_per_worker"] = TINY_PER_WORKER
+        dk["test_samples_per_worker"] = max(1, TINY_TEST // n_runs_workers)
+        t["dataset_kwargs"] = dk
+    elif t.get("dataset", "digits") != "digits":
         dk = dict(t.get("dataset_kwargs") or {})
         dk["max_train"] = TINY_PER_WORKER * n_runs_workers
         dk["max_test"] = TINY_TEST
@@ -64,7 +69,8 @@ def apply_scale(cfg: dict, scale: str | None = None) -> dict:
       ``[train]`` ``steps = 4``, ``batch_size = 2``, ``eval_every = 2`` (``epochs`` dropped); classification tasks
       evaluate on ``32`` samples, load at most ``8 · n_workers`` training and ``32`` test samples from
       tensorflow-datasets (``dataset_kwargs.max_train/max_test``), or a synthetic stand-in of the same shape with
-      a one-line warning when the dataset is not prepared (``dataset_kwargs.stand_in``), and use a narrow model:
+      a one-line warning when the dataset is not prepared (``dataset_kwargs.stand_in``); FedProx Synthetic(α, β)
+      generates ``8`` training samples per worker (``dataset_kwargs.samples_per_worker``); and use a narrow model:
       the model's width attribute when it has one (:data:`WIDTH_KNOBS`), else :data:`TINY_MODEL`. ``[sweep]``
       grids are kept.
 

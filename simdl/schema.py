@@ -43,6 +43,7 @@ PARTICIPATION_TYPES: dict[str, Any] = {
 RUN_TYPES: dict[str, Any] = {
     "name": str, "algorithm": str, "topology": str, "topology_args": dict, "schedule": dict,
     "lr_scaling": str | dict, "decay_norm": bool, "local_epochs": float, "optimizer": str | dict,
+    "server_optimizer": str | dict,
 }
 
 #: Algorithm arguments a config cannot set (Python objects; the config has its own keys for them).
