@@ -16,40 +16,45 @@ CHILD = textwrap.dedent("""
     import json, os, signal, sys
     import numpy as np
     import simdl
-    mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    mode, ckpt, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     task = simdl.tasks.classification("digits", "mlp", n_workers=4, partition="dirichlet", alpha=0.5, seed=0)
     alg = simdl.algorithms.dsgd(0.1, momentum=0.9, nesterov=True)
 
-    def killer(step, row):
-        if mode == "kill" and step == 30:
-            os.kill(os.getpid(), signal.SIGKILL)   # dies between checkpoints (last one at step 20)
+    def run(mode):
+        def killer(step, row):
+            if mode == "kill" and step == 30:
+                os.kill(os.getpid(), signal.SIGKILL)   # dies between checkpoints (last one at step 20)
 
-    res = simdl.simulate(task, alg, simdl.topologies.ring(4), steps=60, batch_size=8, eval_every=10, seed=5,
-                         checkpoint_dir=ckpt if mode != "plain" else None,
-                         checkpoint_every=20 if mode != "plain" else None, resume=(mode == "resume"),
-                         callback=killer)
-    x = np.concatenate([np.asarray(v).ravel() for v in __import__("jax").tree_util.tree_leaves(res.params)])
-    json.dump({"x": x.tolist(), "history": {k: v.tolist() for k, v in res.history.items()}}, open(out, "w"))
+        res = simdl.simulate(task, alg, simdl.topologies.ring(4), steps=60, batch_size=8, eval_every=10, seed=5,
+                             checkpoint_dir=ckpt if mode != "plain" else None,
+                             checkpoint_every=20 if mode != "plain" else None, resume=(mode == "resume"),
+                             callback=killer)
+        x = np.concatenate([np.asarray(v).ravel() for v in __import__("jax").tree_util.tree_leaves(res.params)])
+        json.dump({"x": x.tolist(), "history": {k: v.tolist() for k, v in res.history.items()}},
+                  open(os.path.join(out_dir, mode + ".json"), "w"))
+
+    # "kill": the uninterrupted run first (no checkpoints; one interpreter start less), then the run that dies
+    for m in (["plain", "kill"] if mode == "kill" else [mode]):
+        run(m)
 """)
 
 
 def _child(tmp_path, mode):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    out = tmp_path / f"{mode}.json"
-    p = subprocess.run([sys.executable, str(script), mode, str(tmp_path / "ckpt"), str(out)], capture_output=True,
+    p = subprocess.run([sys.executable, str(script), mode, str(tmp_path / "ckpt"), str(tmp_path)], capture_output=True,
                        text=True, timeout=600)
-    return p, out
+    return p, tmp_path / f"{mode}.json"
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    p, _ = _child(tmp_path, "kill")
+    p, killed = _child(tmp_path, "kill")  # writes plain.json (uninterrupted run), then dies at step 30
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert not killed.exists()
+    plain = tmp_path / "plain.json"
     steps = sorted(int(d) for d in os.listdir(tmp_path / "ckpt") if d.isdigit())
     assert steps and max(steps) == 20
-    p, resumed = _child(tmp_path, "resume")
-    assert p.returncode == 0, p.stderr[-2000:]
-    p, plain = _child(tmp_path, "plain")
+    p, resumed = _child(tmp_path, "resume")  # a fresh interpreter
     assert p.returncode == 0, p.stderr[-2000:]
     a, b = json.loads(resumed.read_text()), json.loads(plain.read_text())
     np.testing.assert_array_equal(np.asarray(a["x"]), np.asarray(b["x"]))
