@@ -123,6 +123,7 @@ bare keys set run keys. The grid is the product of the [[runs]] entries and ever
   "train.seed" = [0, 1]
   learning_rate = [0.03, 0.1]
 outputs: DIR/runs/<id>.json (one per finished run), DIR/sweep.csv, DIR/metric_vs_alpha.png, DIR/heatmap.png,
+DIR/curves/<cell>/*.png (training curves per value of the dotted axes, seeds as bands; up to 12 cells),
 DIR/best_lr.csv and DIR/best_lr.png (when learning_rate is swept)
 """
 

@@ -280,12 +280,13 @@ def _load_payload(out: Path) -> dict | None:
         return None
 
 
-def plot_runs(runs: list[dict], out: str | Path, payload: dict | None = None) -> list[Path]:
+def plot_runs(runs: list[dict], out: str | Path, payload: dict | None = None, setting: str = "") -> list[Path]:
     """Write the figures of :data:`FIGURES` that some run has the metrics of, and the per-worker spread figure
     (:data:`SPREAD_FIGURE`); returns the written paths.
 
     ``payload``: the results.json object (for the title's dataset, model, workers, α and steps); by default
-    ``out/results.json`` when it exists.
+    ``out/results.json`` when it exists. ``setting``: more of the setting for the titles (a sweep cell such as
+    ``"latency = 0.01"``), appended to what ``payload`` gives.
     """
     import matplotlib
 
@@ -295,7 +296,7 @@ def plot_runs(runs: list[dict], out: str | Path, payload: dict | None = None) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload = payload if payload is not None else _load_payload(out)
-    head = describe(payload, runs)
+    head = ", ".join(b for b in (describe(payload, runs), setting) if b)
     facets = assign_facets(runs)
     colors = _colors()
     written = []

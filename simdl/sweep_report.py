@@ -30,7 +30,7 @@ def headline_metric(records: list[dict]) -> tuple[str, bool]:
 def swept_value(rec: dict, key: str):
     if "." in key:
         sect, k = key.split(".", 1)
-        return rec[sect].get(k)
+        return (rec.get(sect) or {}).get(k)
     return rec["run"].get(key, "ring" if key == "topology" else None)
 
 
@@ -130,8 +130,9 @@ def write_best_lr(rows: list[dict], out: Path) -> None:
 
 
 def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[str, str] | None = None) -> list:
-    """Write ``metric_vs_alpha.png`` (if α was swept), ``heatmap.png`` and ``best_lr.png`` (if learning_rate was
-    swept). Returns the written paths."""
+    """Write ``metric_vs_alpha.png`` (if α was swept), ``heatmap.png``, the training curves of every cell
+    (:func:`plot_sweep_curves`, ``curves/<cell>/*.png``) and ``best_lr.png`` (if learning_rate was swept).
+    Returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,6 +177,7 @@ def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[
         heatmap = (multi[0], multi[1]) if len(multi) >= 2 else None
     if heatmap is not None:
         written.append(plot_heatmap(records, heatmap, metric, higher, out))
+    written += plot_sweep_curves(records, swept, out)
     if "learning_rate" in swept:
         rows = best_learning_rates(records, swept)
         fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.5))
@@ -190,6 +192,57 @@ def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[
         fig.savefig(out / "best_lr.png", dpi=130, bbox_inches="tight")
         plt.close(fig)
         written.append(out / "best_lr.png")
+    return written
+
+
+#: most sweep cells :func:`plot_sweep_curves` draws curves for (one folder of figures each)
+MAX_CURVE_CELLS = 12
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._=-" else "_" for c in text) or "all"
+
+
+def plot_sweep_curves(records: list[dict], swept: list[str], out: Path) -> list[Path]:
+    """Training curves of a sweep: for each cell of the dotted (config-key) axes other than ``train.seed`` (e.g.
+    each ``system.latency``), the figures of :func:`simdl.plots.plot_runs` (accuracy against step, bytes and
+    simulated time, consensus, ...) in ``out/curves/<cell>/``; one curve per run name and bare run-key value
+    (``learning_rate``, ``topology``, ...), with a band over its seeds. Nothing when the sweep has more than
+    :data:`MAX_CURVE_CELLS` cells (the heatmap and the CSV summarise those). Returns the written paths."""
+    from simdl.plots import plot_runs
+
+    cell_keys = [k for k in swept if "." in k and k != "train.seed"]
+    by_name: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_name[r["run"].get("name", r["run"].get("algorithm"))].append(r)
+    # a bare run key names a curve only where it varies within one run name (not algorithm, server_optimizer...)
+    curve_keys = [k for k in swept if "." not in k
+                  and any(len({json.dumps(swept_value(r, k), sort_keys=True, default=repr) for r in rs}) > 1
+                          for rs in by_name.values())]
+    cells_: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        cell = tuple(str(swept_value(r, k)) for k in cell_keys)
+        curve = (r["run"].get("name", r["run"].get("algorithm")),
+                 *(f"{k}={swept_value(r, k)}" for k in curve_keys))
+        cells_[cell][curve].append(r)
+    if len(cells_) > MAX_CURVE_CELLS:
+        return []
+    written = []
+    for cell, curves in cells_.items():
+        setting = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in zip(cell_keys, cell, strict=True))
+        runs = []
+        for (name, *extra), recs in curves.items():
+            recs = sorted(recs, key=lambda r: r["train"].get("seed", 0))
+            status = "diverged" if any(r["status"] == "diverged" for r in recs) else recs[0]["status"]
+            diverged = [r.get("diverged_at") for r in recs if r.get("diverged_at") is not None]
+            runs.append({"name": " ".join([name, *extra]), "algorithm": recs[0]["run"].get("algorithm"),
+                         "status": status, "diverged_at": min(diverged) if diverged else None,
+                         "hyperparams": recs[0]["run"], "config": recs[0]["run"], "history": recs[0]["history"],
+                         "final": recs[0]["final"], "seed_runs": [{"history": r["history"]} for r in recs]})
+        payload = {"config": {"task": records[0]["task"], "train": records[0]["train"]}}
+        folder = out / "curves" / _slug("_".join(f"{k.split('.')[-1]}={v}" for k, v in zip(cell_keys, cell,
+                                                                                            strict=True)))
+        written += plot_runs(runs, folder, payload, setting=setting)
     return written
 
 
@@ -261,7 +314,7 @@ def plot_heatmap(records: list[dict], keys: tuple[str, str], metric: str, higher
 def _record_keys(records: list[dict]) -> list[str]:
     keys = []
     for r in records:
-        for sect in ("task", "train", "system"):
+        for sect in ("task", "train", "system", "participation"):
             keys += [f"{sect}.{k}" for k in (r.get(sect) or {})]
         keys += [k for k in r.get("run", {}) if k != "name"]
     return list(dict.fromkeys(keys))
@@ -269,7 +322,8 @@ def _record_keys(records: list[dict]) -> list[str]:
 
 def infer_swept(records: list[dict]) -> list[str]:
     """The swept keys of saved sweep records (``DIR/runs/*.json``), as ``[sweep]`` names them (``task.alpha``,
-    ``train.seed``, bare run keys): every key of the records' ``task``/``train``/``system``/``run`` tables
+    ``train.seed``, bare run keys): every key of the records' ``task``/``train``/``system``/``participation``/``run``
+    tables
     (run ``name`` aside) whose value differs between records. A key with one value in the grid cannot be told
     from a fixed one and is left out (it changes no plot)."""
     return [k for k in _record_keys(records)
