@@ -86,3 +86,24 @@ def test_every_algorithm_factory_documented(site):
 
     ids = _ids(site, "algorithms")
     assert [n for n in ALGORITHMS if not _documented(ids, n)] == []
+
+
+def test_rst_roles_render_as_code(site):
+    """Docstrings' :func:`x` / :class:`~a.B` roles render as code spans, not as raw role text."""
+    raw = []
+    for html in site.rglob("*.html"):
+        raw += [f"{html.relative_to(site)}: {m}" for m in
+                re.findall(r":(?:func|class|data|mod|meth|attr|exc):<code>[^<]*</code>", html.read_text("utf-8"))]
+    assert not raw, raw[:5]
+    page = (site / "api" / "simdl" / "index.html").read_text(encoding="utf-8")
+    assert "<code>simulate_batch</code>" in page  # from :func:`simulate_batch` in a docstring
+
+
+def test_role_hook_keeps_the_last_name_after_a_tilde():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "mkdocs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    html = "see :class:<code>~simdl.data.dataset.Dataset</code> and :func:<code>simdl.simulate</code>"
+    assert hooks.on_page_content(html) == "see <code>Dataset</code> and <code>simdl.simulate</code>"
