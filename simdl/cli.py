@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from simdl.config import TRAIN_KEYS, apply_override, expand_runs, load_config
+from simdl.config import apply_override, expand_runs, load_config
 
 EPILOG_RUN = """\
 config layout (TOML; every key can be overridden with --set section.key=value):
@@ -268,7 +268,7 @@ def cmd_list() -> int:
 
 
 def cmd_run(args) -> int:
-    from simdl.config import train_seeds
+    from simdl.config import train_seeds, train_settings
     from simdl.scale import apply_scale
     from simdl.schema import check_config
 
@@ -278,13 +278,8 @@ def cmd_run(args) -> int:
         cfg = apply_override(cfg, item)
     cfg = apply_scale(cfg)
     check_config(cfg)  # every value's type, before anything is built
-    train = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto", "worker_batch": None,
-             "execution": "auto", "compute_dtype": "float32"}
-    unknown = sorted(set(cfg.get("train", {})) - set(TRAIN_KEYS))
-    if unknown:
-        raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
+    train = train_settings(cfg.get("train", {}))  # the defaults, written once (simdl.simulate's)
     seeds = train_seeds(cfg.get("train", {}))  # every row runs over these seeds, batched into one program
-    train.update(cfg.get("train", {}))
     runs = select_runs(expand_runs(cfg), args.runs)
 
     import jax

@@ -15,6 +15,27 @@ TRAIN_KEYS = ("steps", "epochs", "batch_size", "eval_every", "seed", "seeds", "m
               "link_failure", "straggler", "message_lost", "worker_batch",
               "execution", "compute_dtype")
 RUN_KEYS = ("name", "algorithm", "topology", "topology_args")
+#: ``[train]`` keys whose default is the same-named argument's default of :func:`simdl.simulate`
+SIMULATE_DEFAULTS = ("batch_size", "eval_every", "seed", "mixing", "worker_batch", "execution", "compute_dtype")
+
+
+def train_settings(train_cfg: dict) -> dict:
+    """``[train]`` with its defaults filled in: each key of :data:`SIMULATE_DEFAULTS` defaults to
+    :func:`simdl.simulate`'s default for it (read from its signature, so a default is written once); ``steps`` and
+    ``epochs`` are resolved by :func:`simdl.recipes.resolve_train`. Returns a new dict.
+
+    Raises:
+      ValueError: an unknown ``[train]`` key (the valid ones listed).
+    """
+    import inspect
+
+    from simdl.simulate import simulate
+
+    unknown = sorted(set(train_cfg) - set(TRAIN_KEYS))
+    if unknown:
+        raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
+    params = inspect.signature(simulate).parameters
+    return {**{k: params[k].default for k in SIMULATE_DEFAULTS}, **train_cfg}
 
 
 def train_seeds(train: dict) -> list[int]:

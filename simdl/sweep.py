@@ -145,16 +145,10 @@ def build_task(task_cfg: dict):
 
 
 def train_settings(train_cfg: dict) -> dict:
-    """``[train]`` with defaults; raises ValueError for unknown keys."""
-    from simdl.config import TRAIN_KEYS
+    """``[train]`` with defaults (:func:`simdl.config.train_settings`); raises ValueError for unknown keys."""
+    from simdl.config import train_settings as settings
 
-    unknown = sorted(set(train_cfg) - set(TRAIN_KEYS))
-    if unknown:
-        raise ValueError(f"unknown [train] key(s) {unknown}; valid: {', '.join(TRAIN_KEYS)}")
-    out = {"batch_size": 32, "eval_every": None, "seed": 0, "mixing": "auto",  # steps: recipes.resolve_train
-           "worker_batch": None, "execution": "auto", "compute_dtype": "float32"}
-    out.update(train_cfg)
-    return out
+    return settings(train_cfg)
 
 
 def train_faults(train: dict):
