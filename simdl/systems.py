@@ -34,7 +34,8 @@ compute time). Then, by the algorithm's communication pattern (:data:`PATTERNS`)
   upload and download. A round with an empty cohort changes nothing.
 * ``"async"`` (AD-PSGD, randomized gossip: algorithms with ``"async"`` in their capabilities): no max-plus clock;
   the simulated time is the cumulative sum of the algorithm's aux ``"tick_s"`` (the simulated duration of each step,
-  which the algorithm computes from ``ctx.compute_time`` and its own event clock).
+  which the algorithm computes from ``ctx.compute_time`` and its own event clock). Communication is not timed
+  there: a system model with latency > 0 or finite bandwidth gives a warning that they do not change sim_time_s.
 
 Whenever a system model is given, the runner passes each step's per-worker compute times
 (:meth:`Clock.compute_times`, float32 ``(n,)`` seconds) to the algorithm as ``ctx.compute_time`` (without one it is
@@ -52,6 +53,7 @@ a PRNG stream of their own (``fold_in(fold_in(key, SYSTEM_STREAM), step)``; ``ke
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -454,8 +456,11 @@ class Clock:
                 return rows.astype(np.float32)
 
             self.up_lat, self.up_inv_bw = worst(lat), worst(inv_bw)
-        elif kind == "async":
-            pass
+        elif kind == "async":  # the algorithm's event clock counts compute time only
+            off = ~np.eye(n, dtype=bool)
+            if np.nanmax(lat[off], initial=0.0) > 0 or np.nanmin(bw[off], initial=math.inf) < math.inf:
+                warnings.warn(f"{algorithm_name} runs on its own event clock, which counts compute time only: the "
+                              f"system model's latency and bandwidth do not change its sim_time_s", stacklevel=2)
         elif kind == "barrier":
             ring = graphs.used
             if n > 1 and (np.isnan(lat[ring]).any() or np.isnan(bw[ring]).any()):

@@ -375,6 +375,24 @@ def test_ad_psgd_with_a_system_model_runs_on_its_own_clock():
     np.testing.assert_allclose(h["staleness"][-1], 20 * 6 / 4)
 
 
+def test_ad_psgd_warns_that_links_are_not_timed():
+    """The event clock counts compute time only: latency or finite bandwidth in the system model warn (and leave
+    sim_time_s as without them); a compute-only model does not warn."""
+    import warnings
+
+    task = simdl.tasks.random_quadratics(n_workers=4, dim=3, zeta2=0.5, seed=2)
+    runs = {}
+    for name, kw in (("plain", {}), ("latency", {"latency": 0.5}), ("bandwidth", {"bandwidth": 10.0})):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs[name] = simdl.simulate(task, ad_psgd(0.02), simdl.topologies.ring(4), steps=6, eval_every=3,
+                                        system=simdl.systems.SystemModel(compute_time=1.0, **kw))
+        msgs = [str(w.message) for w in caught if "event clock" in str(w.message)]
+        assert len(msgs) == (0 if name == "plain" else 1), (name, msgs)
+    for name in ("latency", "bandwidth"):
+        np.testing.assert_array_equal(runs[name].history["sim_time_s"], runs["plain"].history["sim_time_s"])
+
+
 def _staleness_runner(n, steps, tick=None):
     """``run(c) -> (per-worker, overall)`` mean staleness over ``steps`` ticks with constant compute times ``c``
     (one compiled scan, reused for every ``c``)."""
