@@ -68,6 +68,8 @@ def steps_of(task: dict, train: dict) -> int:
 def input_shape(dataset: str) -> tuple[tuple[int, ...], int]:
     if dataset == "digits":
         return (8, 8, 1), 10
+    if dataset == "synthetic":  # FedProx Synthetic(α, β): 60 features, 10 classes (the generator's defaults)
+        return (60,), 10
     return SHAPES[dataset]
 
 
