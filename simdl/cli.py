@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -171,18 +170,6 @@ def check_out(path: str) -> Path:
     return p
 
 
-def _record_id(task_cfg: dict, train: dict, run: dict, system: dict | None = None,
-               participation: dict | None = None) -> str:
-    """Stable id of one run of ``simdl run`` (its task, resolved train settings and run table, name included, and
-    the ``[system]`` and ``[participation]`` tables when there are)."""
-    core = {"task": task_cfg, "train": train, "run": run}
-    if system is not None:
-        core["system"] = system
-    if participation is not None:
-        core["participation"] = participation
-    return hashlib.sha1(json.dumps(core, sort_keys=True, default=repr).encode()).hexdigest()[:12]
-
-
 def _build_run(run: dict, task, train: dict):
     import simdl
     from simdl.recipes import resolve_run_kwargs
@@ -287,7 +274,7 @@ def cmd_run(args) -> int:
     import simdl
     from simdl.plots import plot_runs
     from simdl.recipes import resolve_train
-    from simdl.results import combine_seeds, run_strategy, summary_rows, write_outputs
+    from simdl.results import combine_seeds, record_id, run_strategy, summary_rows, write_outputs
     from simdl.simulate import validate
 
     # Everything that can be checked is checked before the first compilation.
@@ -338,7 +325,7 @@ def cmd_run(args) -> int:
     from simdl.sweep import RunStore
 
     store = RunStore(out)  # DIR/runs/<id>.json per finished run: a re-run skips them and never loses them
-    ids = [_record_id(cfg.get("task", {}), train, run, cfg.get("system"), cfg.get("participation"))
+    ids = [record_id(cfg.get("task", {}), train, run, cfg.get("system"), cfg.get("participation"))
            for run, _, _ in built]
     todo = [b for b, rid in zip(built, ids, strict=True) if not store.done(rid)]
     if len(todo) < len(built):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -42,6 +43,19 @@ def _clean(x):
 #: (the resolved per-worker strategy, convolution implementation, compute dtype) and what evaluation cost.
 STRATEGY_KEYS = ("execution", "map_batch_size", "conv_impl", "conv_layers", "compute_dtype", "eval_time_s",
                  "eval_first_time_s", "evaluations", "platform", "device_kind", "jax_version")
+
+
+def record_id(task: dict, train: dict, run: dict, system: dict | None = None,
+              participation: dict | None = None) -> str:
+    """Stable 12-hex-digit id of one run's record: the SHA-1 of its ``task``, ``train`` and ``run`` tables, plus the
+    ``[system]`` and ``[participation]`` tables when given (JSON with sorted keys). ``simdl run`` and
+    ``simdl sweep`` both name their records with it; a finished record with the same id is not run again."""
+    core = {"task": task, "train": train, "run": run}
+    if system is not None:
+        core["system"] = system
+    if participation is not None:
+        core["participation"] = participation
+    return hashlib.sha1(json.dumps(core, sort_keys=True, default=repr).encode()).hexdigest()[:12]
 
 
 def run_strategy(info: dict) -> dict:

@@ -4,7 +4,6 @@ recorded run by run so that an interrupted sweep resumes where it stopped."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -75,13 +74,12 @@ def expand_grid(cfg: dict) -> list[dict]:
 
 
 def run_id(spec: dict) -> str:
-    """Stable 12-hex-digit id of a resolved run (hash of its task, train and run settings, and its ``[system]`` and
-    ``[participation]`` tables when it has them)."""
-    core = {"task": spec["task"], "train": spec["train"], "run": {k: v for k, v in spec["run"].items() if k != "name"}}
-    for section in ("system", "participation"):
-        if section in spec:
-            core[section] = spec[section]
-    return hashlib.sha1(json.dumps(core, sort_keys=True, default=repr).encode()).hexdigest()[:12]
+    """Stable 12-hex-digit id of a resolved run (:func:`simdl.results.record_id` of its task, train and run settings
+    without the run's ``name``, and its ``[system]`` and ``[participation]`` tables when it has them)."""
+    from simdl.results import record_id
+
+    return record_id(spec["task"], spec["train"], {k: v for k, v in spec["run"].items() if k != "name"},
+                     spec.get("system"), spec.get("participation"))
 
 
 def group_key(spec: dict) -> str:
