@@ -16,11 +16,10 @@ import shutil
 import tempfile
 
 _ENV = "JAX_COMPILATION_CACHE_DIR"
-_OWNED = "SIMDL_TESTS_OWN_JAX_CACHE"
+_CREATED = None  # the folder this process made (and removes at the end); None in the workers and subprocesses
 
 if _ENV not in os.environ:  # the first process of the session (controller, or plain pytest without xdist)
-    os.environ[_ENV] = tempfile.mkdtemp(prefix="simdl-tests-jax-cache-")
-    os.environ[_OWNED] = os.environ[_ENV]
+    _CREATED = os.environ[_ENV] = tempfile.mkdtemp(prefix="simdl-tests-jax-cache-")
 # cache every compilation (the op-by-op initialisation programs take well under the default 1 s each)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -35,6 +34,5 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
 
 
 def pytest_unconfigure(config):
-    owned = os.environ.get(_OWNED)
-    if owned and not hasattr(config, "workerinput") and owned == os.environ.get(_ENV):
-        shutil.rmtree(owned, ignore_errors=True)
+    if _CREATED is not None:
+        shutil.rmtree(_CREATED, ignore_errors=True)
