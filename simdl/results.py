@@ -158,13 +158,23 @@ def summary_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def write_csv(path: str | Path, columns: list[str], rows: list[dict]) -> None:
+    """Write ``rows`` (dicts keyed by ``columns``) as a CSV file with a header, atomically; ``None`` is written as
+    an empty field. The one CSV writer of ``summary.csv`` (``simdl run``) and ``sweep.csv`` (``simdl sweep``).
+
+    Raises:
+      ValueError: a row with a key not in ``columns``.
+    """
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns))
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
 def write_outputs(out: str | Path, payload: dict) -> None:
     """Write ``results.json`` and ``summary.csv`` into ``out`` atomically."""
     out = Path(out)
     atomic_write_text(out / "results.json", to_json(payload))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
-    w.writeheader()
-    for row in summary_rows(payload["runs"]):
-        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write_text(out / "summary.csv", buf.getvalue())
+    write_csv(out / "summary.csv", SUMMARY_COLUMNS, summary_rows(payload["runs"]))

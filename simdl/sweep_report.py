@@ -3,8 +3,6 @@ learning rate per cell."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import textwrap
 from collections import defaultdict
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simdl.results import atomic_write_text
+from simdl.results import write_csv as results_csv
 
 METRIC_COLUMNS = ("avg_model_accuracy", "worker_accuracy_mean", "worker_accuracy_min", "avg_model_loss",
                   "suboptimality", "consensus_distance", "bytes_per_worker")
@@ -44,9 +42,7 @@ def _score(rec: dict, metric: str, higher: bool) -> float:
 def write_csv(records: list[dict], swept: list[str], out: Path) -> None:
     cols = ["id", "label", "algorithm", "topology", *[k for k in swept if k not in ("algorithm", "topology")],
             "status", "diverged_at", "compiles", "batched_runs", "wall_time_s", *METRIC_COLUMNS]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
+    rows = []
     for r in records:
         row = {"id": r["id"], "label": r["label"], "algorithm": r["run"]["algorithm"],
                "topology": r["run"].get("topology", "ring"), "status": r["status"], "diverged_at": r["diverged_at"],
@@ -56,8 +52,8 @@ def write_csv(records: list[dict], swept: list[str], out: Path) -> None:
                 row[k] = swept_value(r, k)
         for m in METRIC_COLUMNS:
             row[m] = r["final"].get(m)
-        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write_text(out / "sweep.csv", buf.getvalue())
+        rows.append(row)
+    results_csv(out / "sweep.csv", cols, rows)
 
 
 def cells(records: list[dict], keys: list[str]) -> dict:
@@ -121,12 +117,7 @@ def describe_best_lr(row: dict, metric: str) -> str:
 def write_best_lr(rows: list[dict], out: Path) -> None:
     if not rows:
         return
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    atomic_write_text(out / "best_lr.csv", buf.getvalue())
+    results_csv(out / "best_lr.csv", list(rows[0]), rows)
 
 
 def plot_sweep(records: list[dict], swept: list[str], out: Path, heatmap: tuple[str, str] | None = None) -> list:

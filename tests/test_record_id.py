@@ -1,4 +1,4 @@
-"""One record-id function for ``simdl run`` and ``simdl sweep`` (``simdl.results.record_id``)."""
+"""One record-id function and one CSV writer for ``simdl run`` and ``simdl sweep`` (``simdl.results``)."""
 
 import hashlib
 import json
@@ -21,3 +21,18 @@ def test_record_id_is_the_documented_hash_and_sweeps_drop_the_run_name():
     assert len(ids) == 3
     assert run_id({**spec, "system": {"latency": 0.01}}) == record_id(task, train, {"algorithm": "dsgd"},
                                                                       {"latency": 0.01})
+
+
+def test_one_csv_writer(tmp_path):
+    """``simdl.results.write_csv``: header, None as an empty field, refuses a key outside the columns."""
+    import csv
+
+    import pytest
+
+    from simdl.results import write_csv
+
+    write_csv(tmp_path / "t.csv", ["a", "b"], [{"a": 1, "b": None}, {"a": 2.5}])
+    rows = list(csv.reader((tmp_path / "t.csv").open()))
+    assert rows == [["a", "b"], ["1", ""], ["2.5", ""]]
+    with pytest.raises(ValueError):
+        write_csv(tmp_path / "u.csv", ["a"], [{"a": 1, "c": 2}])
