@@ -330,7 +330,7 @@ def init_state(task: Task, algorithm: Algorithm, topology, mixer, seed: int):
     n = task.n_workers
     k_init, k_data, k_alg = jax.random.split(jax.random.PRNGKey(seed), 3)
     worker_keys = jax.vmap(partial(jax.random.fold_in, k_data))(jnp.arange(n))
-    params0 = _stack(task.init_params(k_init), n)
+    params0 = _stack(jax.jit(task.init_params)(k_init), n)  # one compilation instead of one per initializer op
     ctx0 = Context(jnp.int32(0), k_alg, topology, partial(mixer, step=0), np.asarray(task.worker_weights))
     return algorithm.init(params0, ctx0), worker_keys, k_alg
 
