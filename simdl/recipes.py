@@ -390,6 +390,20 @@ def learning_rate_fn(run: dict, task, train: dict) -> Callable:
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "adabelief", "adagrad", "rmsprop", "lamb", "lion", "yogi")
 
 
+def _optimizer_spec(key: str, spec, table_hint: str = "") -> tuple[str, dict]:
+    """``(name, keywords)`` of an optimizer spec: a name from :data:`OPTIMIZERS` or a table with ``name``."""
+    if isinstance(spec, str):
+        name, kw = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        name, kw = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    else:
+        raise ValueError(f"{key}: expected a name ({', '.join(OPTIMIZERS)}) or a table with name = ...{table_hint}, "
+                         f"got {spec!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"{key}: unknown name {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    return name, kw
+
+
 def optimizer_from_spec(spec, learning_rate) -> optax.GradientTransformation:
     """The local optax optimizer of a config run's ``optimizer`` key.
 
@@ -403,15 +417,7 @@ def optimizer_from_spec(spec, learning_rate) -> optax.GradientTransformation:
         listed), ``learning_rate`` inside the table (set the run's ``learning_rate``), or a spec that is neither a
         string nor a table with ``name``.
     """
-    if isinstance(spec, str):
-        name, kw = spec, {}
-    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        name, kw = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-    else:
-        raise ValueError(f"optimizer: expected a name ({', '.join(OPTIMIZERS)}) or a table with name = ..., "
-                         f"got {spec!r}")
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer: unknown name {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    name, kw = _optimizer_spec("optimizer", spec)
     fn = getattr(optax, name)
     params = [p for p in inspect.signature(fn).parameters if p != "learning_rate"]
     if "learning_rate" in kw:
@@ -444,15 +450,7 @@ def server_optimizer_from_spec(spec) -> optax.GradientTransformation:
         default is 1.0) or with a non-positive one, a keyword the optax function does not take (its keywords
         listed), or a spec that is neither a string nor a table with ``name``.
     """
-    if isinstance(spec, str):
-        name, kw = spec, {}
-    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        name, kw = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-    else:
-        raise ValueError(f"server_optimizer: expected a name ({', '.join(OPTIMIZERS)}) or a table with name = ..., "
-                         f"learning_rate = ..., got {spec!r}")
-    if name not in OPTIMIZERS:
-        raise ValueError(f"server_optimizer: unknown name {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    name, kw = _optimizer_spec("server_optimizer", spec, ", learning_rate = ...")
     if "learning_rate" not in kw:
         if name != "sgd":
             raise ValueError(f"server_optimizer: {name} needs a server learning rate: "
