@@ -475,6 +475,13 @@ def _accepts(name: str, kw: str) -> bool:
     return fn is not None and kw in inspect.signature(fn).parameters
 
 
+def _with_option(kw: str) -> str:
+    """The registered algorithms whose factory takes ``kw``, comma-separated (for error messages)."""
+    from simdl.algorithms import ALGORITHMS
+
+    return ", ".join(sorted(k for k in ALGORITHMS if _accepts(k, kw)))
+
+
 def resolve_run_kwargs(run: dict, task, train: dict) -> dict:
     """The algorithm factory's keyword arguments for one config run.
 
@@ -514,30 +521,22 @@ def resolve_run_kwargs(run: dict, task, train: dict) -> dict:
         kwargs["learning_rate"] = learning_rate_fn(run, task, train)(kwargs["learning_rate"])
     if "optimizer" in kwargs:
         if not _accepts(name, "optimizer"):
-            from simdl.algorithms import ALGORITHMS
-
-            ok = sorted(k for k in ALGORITHMS if _accepts(k, "optimizer"))
-            raise ValueError(f"optimizer: {name} has no local optimizer option (algorithms with one: {', '.join(ok)})")
+            raise ValueError(f"optimizer: {name} has no local optimizer option (algorithms with one: "
+                             f"{_with_option('optimizer')})")
         if "learning_rate" not in kwargs:
             raise ValueError(f"run {run.get('name', name)!r}: optimizer needs the run's learning_rate")
         kwargs["optimizer"] = optimizer_from_spec(kwargs["optimizer"], kwargs["learning_rate"])
     if "server_optimizer" in kwargs:
         if not _accepts(name, "server_optimizer"):
-            from simdl.algorithms import ALGORITHMS
-
-            ok = sorted(k for k in ALGORITHMS if _accepts(k, "server_optimizer"))
             raise ValueError(f"server_optimizer: {name} has no server optimizer (algorithms with one: "
-                             f"{', '.join(ok)})")
+                             f"{_with_option('server_optimizer')})")
         kwargs["server_optimizer"] = server_optimizer_from_spec(kwargs["server_optimizer"])
     if weight_decay_mask(run.get("decay_norm", True)) is not None:
         if _accepts(name, "weight_decay_mask"):
             kwargs["weight_decay_mask"] = weight_decay_mask(False)
         elif kwargs.get("weight_decay", 0.0):
-            from simdl.algorithms import ALGORITHMS
-
-            ok = sorted(k for k in ALGORITHMS if _accepts(k, "weight_decay_mask"))
             raise ValueError(f"decay_norm = false: {name} has no weight_decay_mask option (algorithms with one: "
-                             f"{', '.join(ok)}); use decay_norm = true or weight_decay = 0")
+                             f"{_with_option('weight_decay_mask')}); use decay_norm = true or weight_decay = 0")
     if "local_epochs" in run:
         if name == "model_averaging_clr":
             kwargs["local_epochs"] = run["local_epochs"]

@@ -8,7 +8,7 @@ import itertools
 import json
 from pathlib import Path
 
-from simdl.config import RUN_KEYS, expand_runs
+from simdl.config import RUN_KEYS, expand_runs, train_settings  # noqa: F401  (train_settings: re-exported)
 from simdl.results import atomic_write_text, run_strategy, to_json
 
 #: Keys whose values are arrays inside the compiled program: runs differing only in these share one compilation
@@ -140,13 +140,6 @@ def build_task(task_cfg: dict):
     if kind == "random_quadratics":
         return simdl.tasks.random_quadratics(**t)
     raise ValueError(f"unknown task kind {kind!r}; valid: classification, random_quadratics")
-
-
-def train_settings(train_cfg: dict) -> dict:
-    """``[train]`` with defaults (:func:`simdl.config.train_settings`); raises ValueError for unknown keys."""
-    from simdl.config import train_settings as settings
-
-    return settings(train_cfg)
 
 
 def train_faults(train: dict):
