@@ -8,7 +8,7 @@ import itertools
 import json
 from pathlib import Path
 
-from simdl.config import RUN_KEYS, expand_runs, train_settings  # noqa: F401  (train_settings: re-exported)
+from simdl.config import RUN_KEYS, expand_runs, train_settings
 from simdl.results import atomic_write_text, run_strategy, to_json
 
 #: Keys whose values are arrays inside the compiled program: runs differing only in these share one compilation
