@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import sys
 from pathlib import Path
 
 from simdl.config import RUN_KEYS, expand_runs, train_settings
@@ -102,23 +103,52 @@ def group_runs(specs: list[dict]) -> list[list[dict]]:
 
 
 class RunStore:
-    """One JSON file per finished run under ``DIR/runs/``, written atomically; presence means finished."""
+    """One JSON file per finished run under ``DIR/runs/``, written atomically. A run is finished when its record
+    parses as a JSON object with its own ``id``; a truncated or corrupt record is named once on stderr and treated
+    as unfinished, so the run is redone and its record rewritten (it never blocks a sweep)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
+        self._records: dict[str, dict] = {}
+        self._reported: set[str] = set()
 
     def path(self, rid: str) -> Path:
         return self.root / "runs" / f"{rid}.json"
 
+    def get(self, rid: str) -> dict | None:
+        """The finished record of run ``rid``, or None (absent, or unreadable: named once on stderr)."""
+        if rid in self._records:
+            return self._records[rid]
+        path = self.path(rid)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            problem = None if isinstance(record, dict) and record.get("id") == rid else "not a record of this run"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            record, problem = None, str(e)
+        if problem is not None:
+            if rid not in self._reported:
+                self._reported.add(rid)
+                print(f"simdl: warning: {path}: unreadable run record ({problem}); treated as unfinished, it will "
+                      "be run again", file=sys.stderr)
+            return None
+        self._records[rid] = record
+        return record
+
     def done(self, rid: str) -> bool:
-        return self.path(rid).is_file()
+        return self.get(rid) is not None
 
     def save(self, rid: str, record: dict) -> None:
         atomic_write_text(self.path(rid), to_json(record))
+        self._records[rid] = json.loads(to_json(record))
 
     def load(self, rid: str) -> dict:
-        return json.loads(self.path(rid).read_text())
+        record = self.get(rid)
+        if record is None:
+            raise FileNotFoundError(f"no finished run record {self.path(rid)}")
+        return record
 
 
 def run_kwargs(run: dict) -> dict:

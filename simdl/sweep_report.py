@@ -330,7 +330,10 @@ def _get(rec: dict, key: str):
 
 def load_records(out: str | Path) -> list[dict]:
     """The sweep records of ``out/runs/*.json`` (finished runs), sorted by label."""
-    recs = [json.loads(p.read_text()) for p in sorted(Path(out, "runs").glob("*.json"))]
+    from simdl.sweep import RunStore
+
+    store = RunStore(out)  # an unreadable record is named on stderr and left out (a re-run of the sweep redoes it)
+    recs = [r for r in (store.get(p.stem) for p in sorted(Path(out, "runs").glob("*.json"))) if r is not None]
     return sorted(recs, key=lambda r: (r.get("label", ""), r.get("id", "")))
 
 

@@ -116,3 +116,27 @@ def test_train_seeds_in_a_sweep_is_a_seed_axis():
     assert all("seeds" not in s["train"] for s in specs)
     with pytest.raises(ValueError, match="not both"):
         expand_grid({**cfg, "sweep": {"train.seed": [0, 1]}})
+
+
+def test_corrupt_run_record_is_named_and_run_again(tmp_path, capsys):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(CFG.split("[sweep]")[0] + '[sweep]\n"train.seed" = [0, 1]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    records = sorted((out / "runs").glob("*.json"))
+    assert len(records) == 4
+    broken, wrong = records[0], records[1]
+    broken.write_text(broken.read_text()[:40])  # truncated mid-write by hand
+    wrong.write_text("[1, 2]")  # valid JSON, but not a run record
+    assert main(["sweep", str(cfg), "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "2 already finished" in captured.out
+    for path in (broken, wrong):
+        assert f"{path}: unreadable run record" in captured.err and "it will be run again" in captured.err
+        rec = json.loads(path.read_text())
+        assert rec["id"] == path.stem and rec["history"]["step"] == [10, 20]
+    assert len(list(csv.DictReader((out / "sweep.csv").open()))) == 4
+    broken.write_text("{")
+    assert main(["report", str(out)]) == 0  # simdl report names the record and leaves it out
+    assert f"{broken}: unreadable run record" in capsys.readouterr().err
