@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -51,7 +52,8 @@ examples:
   simdl run --set train.message_drop=0.2 --tensorboard runs/tb   # lossy gossip, curves in TensorBoard
 outputs: DIR/results.json (config, histories, final metrics, versions, device), DIR/summary.csv, DIR/*.png,
   DIR/runs/<id>.json (one per finished run: re-running the same command skips finished runs and keeps them;
-  delete DIR/runs to run them again); Ctrl-C or SIGTERM stops with finished runs saved (exit 130 / 143);
+  delete DIR/runs to run them again; an unreadable record is named and run again); Ctrl-C or SIGTERM stops
+  with finished runs saved (exit 130 / 143); one process at a time per DIR (DIR/.simdl.lock; a second exits 2);
   with --tensorboard TB: TB/<run name>/events.out.tfevents.* (every history metric vs step; needs tensorboardX)
 """
 
@@ -630,17 +632,57 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+#: The lock file that one ``simdl run``/``sweep``/``tune`` process holds in its ``--out`` folder.
+LOCK_FILE = ".simdl.lock"
+
+
+@contextlib.contextmanager
+def out_lock(path: str):
+    """Hold an exclusive ``flock`` on ``DIR/.simdl.lock`` while a command writes into ``--out`` DIR. The kernel
+    releases it when the process ends, so a killed run never leaves the folder locked.
+
+    Raises:
+      ValueError: another process holds the lock (it names that process), or ``--out`` is not a usable folder.
+    """
+    import fcntl
+
+    out = check_out(path)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK_FILE, "a+")  # noqa: SIM115  (held open for the lifetime of the lock)
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            raise ValueError(f"--out: {path} is in use by another simdl process (pid {pid}); wait for it to "
+                             "finish or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield out
+    finally:
+        f.close()  # closing the file releases the lock
+        if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:  # nothing written: leave no folder behind
+            (out / LOCK_FILE).unlink()
+            out.rmdir()
+
+
 def _dispatch(args) -> int:
     try:
         if args.command == "list":
             return cmd_list()
-        if args.command == "sweep":
-            return cmd_sweep(args)
-        if args.command == "tune":
-            return cmd_tune(args)
         if args.command == "report":
             return cmd_report(args)
-        return cmd_run(args)
+        writes = getattr(args, "out", None) is not None and not getattr(args, "dry_run", False)
+        with out_lock(args.out) if writes else contextlib.nullcontext():
+            if args.command == "sweep":
+                return cmd_sweep(args)
+            if args.command == "tune":
+                return cmd_tune(args)
+            return cmd_run(args)
     except (ValueError, FileNotFoundError) as e:  # bad values; a dataset that is not prepared (says how to)
         print(f"simdl: error: {e}", file=sys.stderr)
         return 2

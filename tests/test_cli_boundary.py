@@ -204,3 +204,29 @@ def test_unprepared_tfds_dataset_is_a_short_error_with_the_command_that_prepares
     assert code == 2 and "Traceback" not in err
     lines = [x for x in err.splitlines() if x.strip()]
     assert len(lines) <= 5 and "simdl: error:" in err and "tfds build mnist" in err, err
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_second_process_on_the_same_out_finds_the_lock(tmp_path, monkeypatch, capsys, command):
+    from simdl.cli import LOCK_FILE
+
+    _no_simulate(monkeypatch)
+    cfg = _cfg(tmp_path, SWEEP_CFG if command == "sweep" else RUN_CFG)
+    out = tmp_path / "o"
+    out.mkdir()
+    holder = subprocess.Popen(  # another simdl process holding the folder's lock
+        [sys.executable, "-c", "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush(); print('held', flush=True); "
+         "time.sleep(60)", str(out / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main([command, str(cfg), "--out", str(out), "--quiet", "--no-plots"]) == 2
+        assert err_line(capsys) == (f"simdl: error: --out: {out} is in use by another simdl process (pid "
+                                    f"{holder.pid}); wait for it to finish or use another --out")
+        assert not (out / "runs").exists()  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed): the kernel released its lock, so the folder is usable again at once
+    monkeypatch.undo()
+    assert main([command, str(cfg), "--out", str(out), "--quiet", "--no-plots"]) == 0
