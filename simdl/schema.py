@@ -22,6 +22,7 @@ any compilation.
 from __future__ import annotations
 
 import inspect
+import json
 import typing
 from typing import Any
 
@@ -160,6 +161,9 @@ def _check_sweep(sweep, cfg: dict, runs: list[dict]) -> None:
     for axis, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{axis}: {values!r}, expected a non-empty list of values")
+        canonical = [json.dumps(v, sort_keys=True, default=str) for v in values]
+        if len(set(canonical)) != len(canonical):  # two grid points would be the same run (one run id)
+            raise ConfigError(f"sweep.{axis}: {values!r}, expected distinct values")
         if "." in axis:
             section, key = axis.split(".", 1)
             if section == "task":
@@ -178,8 +182,6 @@ def _check_sweep(sweep, cfg: dict, runs: list[dict]) -> None:
                 raise ConfigError(f"sweep.{axis}: unknown key {key!r} of [{section}]; valid: {', '.join(types)}")
             for v in values:
                 _check(f"sweep.{axis}", v, types[key])
-            if key in ("seed",) and len(set(values)) != len(values):
-                raise ConfigError(f"sweep.{axis}: {values!r}, expected distinct values")
         else:
             ok = [run for run in runs if axis in run_types(run)]
             if not ok:

@@ -62,6 +62,10 @@ def test_cli_refuses_mistyped_overrides(tmp_path, capsys, override, needle):
     ('"train.sead"', "[0, 1]", "sweep.train.sead: unknown key 'sead' of [train]"),
     ("learning_rate", '[0.1, "x"]', "sweep.learning_rate: 'x', expected a number"),
     ("lr", "[0.1]", "sweep.lr: not a key of any run's algorithm"),
+    # a repeated value would make two grid points with one run id
+    ("learning_rate", "[0.1, 0.1]", "sweep.learning_rate: [0.1, 0.1], expected distinct values"),
+    ('"train.seed"', "[0, 0]", "sweep.train.seed: [0, 0], expected distinct values"),
+    ("topology", '["ring", "ring"]', "sweep.topology: ['ring', 'ring'], expected distinct values"),
 ])
 def test_sweep_axes_are_checked_before_the_first_run(tmp_path, capsys, axis, values, needle):
     cfg = tmp_path / "s.toml"
