@@ -142,6 +142,15 @@ def _check_run(where: str, run: dict) -> None:
         if key not in types:
             raise ConfigError(f"{where}.{key}: unknown key for {alg}; valid: {', '.join(types)}")
         _check(f"{where}.{key}", value, types[key])
+    for key in ("optimizer", "server_optimizer"):
+        if key in run:
+            from simdl.recipes import OPTIMIZERS
+
+            spec = run[key]
+            name = spec.get("name") if isinstance(spec, dict) else spec
+            if name not in OPTIMIZERS:
+                raise ConfigError(f"{where}.{key}: {spec!r}, expected one of {', '.join(OPTIMIZERS)} or a table "
+                                  "with name = one of them")
     topo = run.get("topology", "ring")
     if topo in TOPOLOGIES and isinstance(run.get("topology_args", {}), dict):
         targs = {k: v for k, v in _hints(TOPOLOGIES[topo]).items() if k != "n"}

@@ -89,6 +89,10 @@ def test_output_section_is_refused(tmp_path, capsys):
     (("runs", 0, "algorithm"), "dsdg", "runs[0].algorithm: 'dsdg', expected one of ad_psgd, allreduce"),
     (("runs", 0, "momentun"), 0.9, "runs[0].momentun: unknown key for dsgd; valid: name, algorithm"),
     (("runs", 0, "schedule"), "cosine", "runs[0].schedule: 'cosine', expected a table"),
+    (("runs", 0, "optimizer"), "adamm", "runs[0].optimizer: 'adamm', expected one of sgd, adam"),
+    (("runs", 0, "optimizer"), {"name": "adamm", "b1": 0.9}, "runs[0].optimizer: {'name': 'adamm', 'b1': 0.9}, "
+                                                            "expected one of sgd, adam"),
+    (("runs", 0, "optimizer"), {"b1": 0.9}, "runs[0].optimizer: {'b1': 0.9}, expected one of sgd, adam"),
     (("task", "n_workers"), 4.0, "task.n_workers: 4.0, expected an integer"),
     (("train", "seeds"), [0, 0.5], "train.seeds: [0, 0.5], expected a list of integers"),
 ])
