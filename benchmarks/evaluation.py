@@ -38,7 +38,7 @@ import numpy as np
 
 import simdl
 from simdl.data.dataset import make_dataset
-from simdl.simulate import build_evaluate
+from simdl.runtime import build_evaluate
 
 
 def mnist_like(n_train: int = 60_000, n_test: int = 10_000, seed: int = 0):
@@ -49,8 +49,8 @@ def mnist_like(n_train: int = 60_000, n_test: int = 10_000, seed: int = 0):
 
 
 def eval_temp_bytes(task, alg, state) -> int:
-    evaluate = build_evaluate(task, lambda hp: alg)
-    compiled = jax.jit(lambda d, s: evaluate(d, s, None)).lower(task.data, state).compile()
+    evaluate = build_evaluate(task, alg)
+    compiled = jax.jit(lambda d, s: evaluate(d, s)).lower(task.data, state).compile()
     mem = compiled.memory_analysis()
     return int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else 0
 

@@ -3,7 +3,7 @@
 For each algorithm (D-SGD on a ring, all-reduce, RelaySGD on a chain) it runs the digits MLP task with n workers
 (Dirichlet α = 0.1, B = 32) for ``--steps`` steps as one compiled chunk, without a system model and with one
 (log-normal compute times with occasional slowdowns, per-link latency and bandwidth: the most work the clock
-does). It compiles the runner's chunk program (:func:`simdl.simulate.build_chunk`, ``steps`` steps in one
+does). It compiles the runner's chunk program (:func:`simdl.runtime.build_chunk`, ``steps`` steps in one
 ``lax.scan``, exactly what ``simulate`` runs between evaluations) for both, calls each once untimed, then
 ``--repeats`` times interleaved, and keeps the fastest wall time and the fastest process CPU time (the CPU time is
 the steadier figure on a shared machine). ``overhead`` = with / without − 1. It also gives the ratio of XLA's cost
@@ -44,10 +44,10 @@ def system_model(n: int) -> SystemModel:
 
 
 def program(task, name: str, n: int, steps: int, system):
-    """The compiled ``steps``-step chunk of the runner (:func:`simdl.simulate.build_chunk`, as ``simulate`` builds
+    """The compiled ``steps``-step chunk of the runner (:func:`simdl.runtime.build_chunk`, as ``simulate`` builds
     it) and its inputs; with ``system`` the clock is part of it."""
     from simdl.mixing import make_mixer
-    from simdl.simulate import build_chunk, init_state
+    from simdl.runtime import build_chunk, init_state
     from simdl.systems import build_clock
 
     alg_name, topo_name, kw = ALGORITHMS[name]
@@ -58,8 +58,8 @@ def program(task, name: str, n: int, steps: int, system):
     clock = build_clock(system, topo, alg)
     if clock is not None:
         state = (state, clock.init())
-    chunk = build_chunk(task, lambda hp: alg, topo, mixer, 32, clock=clock)
-    fn = jax.jit(lambda s, t, d, w, k: chunk(s, t, d, w, k, None, steps), donate_argnums=(0,))
+    chunk = build_chunk(task, alg, topo, mixer, 32, clock=clock)
+    fn = jax.jit(lambda s, t, d, w, k: chunk(s, t, d, w, k, steps), donate_argnums=(0,))
     args = (jnp.int32(0), task.data, worker_keys, key)
     compiled = fn.lower(state, *args).compile()
     cost = compiled.cost_analysis()

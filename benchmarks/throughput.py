@@ -84,7 +84,7 @@ import simdl
 import simdl.models
 from simdl.data.dataset import make_dataset
 from simdl.memory import estimate
-from simdl.simulate import build_evaluate
+from simdl.runtime import build_evaluate
 
 #: spec name -> (simdl model, input shape HWC, model kwargs for the table). The model's conv_impl is its default.
 MODEL_SPECS = {
@@ -211,8 +211,8 @@ def resolved_strategy(res_info: dict) -> dict:
 def time_evaluation(task, alg, state, reps: int = 2) -> float:
     """Seconds of the runner's between-chunk evaluation (compiled as :func:`simdl.simulate` compiles it), fastest
     of ``reps`` after one compiling call."""
-    evaluate = build_evaluate(task, lambda hp: alg)
-    run_eval = jax.jit(lambda data, state: evaluate(data, state, None))
+    evaluate = build_evaluate(task, alg)
+    run_eval = jax.jit(lambda data, state: evaluate(data, state))
     jax.block_until_ready(run_eval(task.data, state))
     times = []
     for _ in range(reps):

@@ -9,11 +9,22 @@ system model :class:`SystemModel` (simulated time), and the subpackages ``algori
 ``mixing``, ``faults``, ``memory``, ``metrics``, ``schedules``, ``systems``.
 """
 
-from simdl import algorithms, faults, memory, metrics, mixing, participation, schedules, systems, tasks, topologies
+from simdl import (
+    algorithms,
+    faults,
+    memory,
+    metrics,
+    mixing,
+    participation,
+    runtime,
+    schedules,
+    systems,
+    tasks,
+    topologies,
+)
 from simdl.algorithms.base import Algorithm, Context
-from simdl.batch import simulate_batch
 from simdl.faults import Faults
-from simdl.simulate import SimulationResult, simulate
+from simdl.runtime import SimulationResult, simulate, simulate_batch
 from simdl.systems import SystemModel
 from simdl.tasks.base import Task
 from simdl.topologies.base import Topology
@@ -21,5 +32,5 @@ from simdl.topologies.base import Topology
 __version__ = "0.1.0"
 
 __all__ = ["Algorithm", "Context", "Faults", "SimulationResult", "SystemModel", "Task", "Topology", "__version__",
-           "algorithms", "faults", "memory", "metrics", "mixing", "participation", "schedules", "simulate",
+           "algorithms", "faults", "memory", "metrics", "mixing", "participation", "runtime", "schedules", "simulate",
            "simulate_batch", "systems", "tasks", "topologies"]

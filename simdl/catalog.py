@@ -122,8 +122,8 @@ def config_names() -> list[tuple[str, str]]:
     from simdl.models.batched import STRATEGIES
     from simdl.models.conv import CONV_IMPLS
     from simdl.recipes import OPTIMIZERS, RECIPE_KEYS, SCALING_RULES, SCHEDULES
+    from simdl.runtime import COMPUTE_DTYPES
     from simdl.scale import SCALES
-    from simdl.simulate import COMPUTE_DTYPES
     from simdl.tasks.classification import PARTITIONS
     from simdl.topologies import TOPOLOGIES
 

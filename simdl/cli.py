@@ -277,7 +277,7 @@ def cmd_run(args) -> int:
     from simdl.plots import plot_runs
     from simdl.recipes import resolve_train
     from simdl.results import combine_seeds, record_id, run_strategy, summary_rows, write_outputs
-    from simdl.simulate import validate
+    from simdl.runtime import validate
 
     # Everything that can be checked is checked before the first compilation.
     faults = simdl.faults.from_config(train)
@@ -311,7 +311,7 @@ def cmd_run(args) -> int:
     wb = train["worker_batch"]
     if wb is not None and (isinstance(wb, bool) or not isinstance(wb, int) or wb < 1):
         raise ValueError(f"train.worker_batch must be an integer >= 1, got {wb!r}")
-    from simdl.simulate import check_compute_dtype, check_execution
+    from simdl.runtime import check_compute_dtype, check_execution
 
     check_execution(train["execution"])
     check_compute_dtype(train["compute_dtype"])
@@ -370,7 +370,7 @@ def cmd_run(args) -> int:
             try:
                 if len(seeds) == 1:
                     results = [simdl.simulate(task, alg, topo, seed=seeds[0], callback=progress, **sim_kw)]
-                else:  # the seeds of one row: one compiled program, vmapped over a run axis (simdl.batch)
+                else:  # the seeds of one row: one compiled program, vmapped over a run axis (simdl.simulate_batch)
                     results = simdl.simulate_batch([task] * len(seeds), lambda hp, alg=alg: alg,
                                                    [{}] * len(seeds), topo, seeds=seeds, callback=progress, **sim_kw)
             finally:

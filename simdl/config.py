@@ -29,7 +29,7 @@ def train_settings(train_cfg: dict) -> dict:
     """
     import inspect
 
-    from simdl.simulate import simulate
+    from simdl.runtime import simulate
 
     unknown = sorted(set(train_cfg) - set(TRAIN_KEYS))
     if unknown:

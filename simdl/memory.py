@@ -1,11 +1,11 @@
 """Memory estimate of a simulation before running it: exact state and data sizes, and what XLA's compiled step needs.
 
-:func:`estimate` lowers and compiles ONE simulated step (:func:`simdl.simulate.build_step`, state donated as in
+:func:`estimate` lowers and compiles ONE simulated step (:func:`simdl.runtime.build_step`, state donated as in
 :func:`simdl.simulate`) on abstract inputs, so nothing is allocated and nothing runs; it reads the sizes from
 ``Compiled.memory_analysis()``. The run itself compiles ``lax.scan`` over a chunk of such steps, whose buffers are
 the same up to the scan's small carried counters, so the step's figures are the run's working set.
 :func:`suggest_worker_batch` finds the largest ``worker_batch`` (workers whose gradients are computed at once,
-see :func:`simdl.simulate.per_worker_grads`) whose estimate fits a byte budget.
+see :func:`simdl.runtime.per_worker_grads`) whose estimate fits a byte budget.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from simdl.algorithms.base import Algorithm
 from simdl.mixing import make_mixer
-from simdl.simulate import build_step, check_compute_dtype, check_execution, init_state
+from simdl.runtime import build_step, check_compute_dtype, check_execution, init_state
 from simdl.tasks.base import Task
 
 #: Keys of :func:`estimate` filled from ``Compiled.memory_analysis()`` (``None`` when the backend gives none).
@@ -44,9 +44,9 @@ def _check_worker_batch(worker_batch) -> int | None:
 
 def _compiled_sizes(task: Task, algorithm: Algorithm, topology, mixer, batch_size: int, worker_batch, state_shape,
                     keys_shape, key_shape, compute_dtype: str = "float32", execution: str = "auto") -> dict:
-    step = build_step(task, lambda hp: algorithm, topology, mixer, batch_size, worker_batch, execution=execution,
+    step = build_step(task, algorithm, topology, mixer, batch_size, worker_batch, execution=execution,
                       compute_dtype=compute_dtype)
-    fn = jax.jit(lambda state, t, data, wk, ak: step(state, t, data, wk, ak, None), donate_argnums=(0,))
+    fn = jax.jit(lambda state, t, data, wk, ak: step(state, t, data, wk, ak), donate_argnums=(0,))
     lowered = fn.lower(state_shape, jax.ShapeDtypeStruct((), jnp.int32), _abstract(task.data), keys_shape, key_shape)
     ma = lowered.compile().memory_analysis()
     if ma is None:

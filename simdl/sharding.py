@@ -64,13 +64,17 @@ def worker_mesh(devices: int | Sequence | Mesh | None = None, n: int | None = No
     return mesh
 
 
-def state_shardings(tree, mesh: Mesh, n: int):
+def state_shardings(tree, mesh: Mesh, n: int, run_axis: bool = False):
     """Shardings for a pytree: ``P("workers")`` for leaves whose leading axis has size ``n`` (stacked per-worker
-    values), replicated ``P()`` for all others (scalars, step counters, relay edge buffers, reference models)."""
+    values), replicated ``P()`` for all others (scalars, step counters, relay edge buffers, reference models).
+    ``run_axis=True`` (batched runs, :func:`simdl.simulate_batch`): the worker axis is axis 1, after the run axis,
+    and per-worker leaves get ``P(None, "workers")``."""
+    axis = 1 if run_axis else 0
+    spec = P(None, AXIS) if run_axis else P(AXIS)
 
     def one(x):
         shape = np.shape(x)
-        return NamedSharding(mesh, P(AXIS) if len(shape) >= 1 and shape[0] == n else P())
+        return NamedSharding(mesh, spec if len(shape) > axis and shape[axis] == n else P())
 
     return jax.tree_util.tree_map(one, tree)
 
@@ -81,14 +85,16 @@ class Placement(NamedTuple):
     Attributes:
       mesh: the worker mesh.
       n: number of workers.
+      run_axis: whether per-worker leaves carry a leading run axis (batched runs: the worker axis is axis 1).
     """
 
     mesh: Mesh
     n: int
+    run_axis: bool = False
 
     def shardings(self, tree) -> Any:
         """:func:`state_shardings` of ``tree``."""
-        return state_shardings(tree, self.mesh, self.n)
+        return state_shardings(tree, self.mesh, self.n, self.run_axis)
 
     def put(self, tree):
         """``tree`` with per-worker leaves sharded over the mesh and the rest replicated."""
@@ -104,6 +110,6 @@ class Placement(NamedTuple):
         return jax.device_put(tree, self.replicated)
 
 
-def placement(devices, n: int) -> Placement:
+def placement(devices, n: int, run_axis: bool = False) -> Placement:
     """:class:`Placement` of ``n`` workers on ``worker_mesh(devices, n)`` (raises as :func:`worker_mesh`)."""
-    return Placement(worker_mesh(devices, n), int(n))
+    return Placement(worker_mesh(devices, n), int(n), bool(run_axis))

@@ -215,7 +215,7 @@ class Planned:
         import simdl
         from simdl import participation
         from simdl.recipes import resolve_train
-        from simdl.simulate import check_compute_dtype, validate
+        from simdl.runtime import check_compute_dtype, validate
 
         self.specs = expand_grid(cfg)
         self.groups = group_runs(self.specs)
@@ -262,7 +262,7 @@ def execute(plan: Planned, store: RunStore, on_run=None, on_group=None) -> list[
     import time
 
     import simdl
-    from simdl.batch import simulate_batch
+    from simdl.runtime import simulate_batch
 
     for g, group in enumerate(plan.groups):
         todo = [s for s in group if not store.done(s["id"])]

@@ -5,7 +5,7 @@ import optax
 import pytest
 
 import simdl
-from simdl.batch import simulate_batch
+from simdl.runtime import simulate_batch
 
 
 def _dsgd(hp):

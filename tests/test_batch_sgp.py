@@ -4,7 +4,7 @@ parameters equal its single run's."""
 import numpy as np
 
 import simdl
-from simdl.batch import simulate_batch
+from simdl.runtime import simulate_batch
 
 
 def test_sgp_batched_over_seeds_equals_single_runs():

@@ -49,7 +49,8 @@ def _no_simulate(monkeypatch):
         raise AssertionError("simulate must not be called")
 
     monkeypatch.setattr(simdl, "simulate", fail)
-    monkeypatch.setattr("simdl.batch.simulate_batch", fail)
+    monkeypatch.setattr(simdl, "simulate_batch", fail)
+    monkeypatch.setattr("simdl.runtime.simulate_batch", fail)
 
 
 @pytest.mark.parametrize("command", ["run", "sweep", "tune"])

@@ -5,7 +5,6 @@ import optax
 import pytest
 
 import simdl
-from simdl.batch import simulate_batch
 from simdl.recipes import (
     OPTIMIZERS,
     optimizer_from_spec,
@@ -13,6 +12,7 @@ from simdl.recipes import (
     resolve_train,
     server_optimizer_from_spec,
 )
+from simdl.runtime import simulate_batch
 from simdl.sweep import algorithm_builder, train_settings
 
 

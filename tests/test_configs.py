@@ -19,8 +19,8 @@ import pytest
 from simdl.cli import _build_run, main
 from simdl.config import expand_runs, load_config
 from simdl.recipes import resolve_train
+from simdl.runtime import validate
 from simdl.scale import TINY_TRAIN, apply_scale
-from simdl.simulate import validate
 from simdl.sweep import build_task
 
 tfds = pytest.importorskip("tensorflow_datasets")

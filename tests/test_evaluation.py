@@ -7,7 +7,7 @@ import pytest
 
 import simdl
 from simdl.models import get_model
-from simdl.simulate import resolve_execution
+from simdl.runtime import resolve_execution
 from simdl.tasks.classification import worker_eval_group, worker_eval_size
 
 

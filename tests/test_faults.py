@@ -9,7 +9,7 @@ import simdl
 from simdl.algorithms import Algorithm, dsgd
 from simdl.faults import Faults, as_faults, faulty_gossip, injector, straggler_mask
 from simdl.mixing import make_mixer
-from simdl.simulate import build_step
+from simdl.runtime import build_step
 
 T = simdl.topologies
 
@@ -165,7 +165,7 @@ def test_runner_uses_the_masks_of_its_fault_stream(quad):
     masks of the run's fault stream (``injector(...).uniforms(alg_key, t)``)."""
     topo = T.ring(8)
     faults = Faults(message_drop=0.4)
-    step = jax.jit(build_step(quad, lambda hp: _gossip_only(), topo, make_mixer(topo), 4, faults=faults))
+    step = jax.jit(build_step(quad, _gossip_only(), topo, make_mixer(topo), 4, faults=faults))
     alg_key = jax.random.PRNGKey(3)
     worker_keys = jax.random.split(jax.random.PRNGKey(4), 8)
     inj = injector(faults, topo)
@@ -173,15 +173,15 @@ def test_runner_uses_the_masks_of_its_fault_stream(quad):
     lost = 0
     for t in (0, 5, 11):
         state = {"x": jnp.eye(8, dtype=jnp.float32)}
-        new, _, aux = step(state, jnp.int32(t), quad.data, worker_keys, alg_key, None)
+        new, _, aux = step(state, jnp.int32(t), quad.data, worker_keys, alg_key)
         alive = np.asarray(alive_f(alg_key, t))
         np.testing.assert_allclose(np.asarray(new["x"]), _numpy_w(topo, alive, t), atol=1e-6)
         lost += float(np.sum(aux["messages_lost"]))
     assert lost > 0
     # lost="self" (the old rule, explicit) goes through the runner too
     pinned = Faults(message_drop=0.4, lost="self")
-    step_self = jax.jit(build_step(quad, lambda hp: _gossip_only(), topo, make_mixer(topo), 4, faults=pinned))
-    new, _, _ = step_self({"x": jnp.eye(8, dtype=jnp.float32)}, jnp.int32(5), quad.data, worker_keys, alg_key, None)
+    step_self = jax.jit(build_step(quad, _gossip_only(), topo, make_mixer(topo), 4, faults=pinned))
+    new, _, _ = step_self({"x": jnp.eye(8, dtype=jnp.float32)}, jnp.int32(5), quad.data, worker_keys, alg_key)
     np.testing.assert_allclose(np.asarray(new["x"]), _numpy_w(topo, np.asarray(alive_f(alg_key, 5)), 5, "self"),
                                atol=1e-6)
 
@@ -205,12 +205,12 @@ def test_link_failures_keep_w_symmetric_doubly_stochastic(topo):
 
 def _gossip_steps(task, topo, faults, steps=8):
     """``steps`` runner steps of D-SGD with every worker straggling (zero gradients: gossip only) from random X."""
-    step = jax.jit(build_step(task, lambda hp: dsgd(0.1), topo, make_mixer(topo), 4, faults=faults))
+    step = jax.jit(build_step(task, dsgd(0.1), topo, make_mixer(topo), 4, faults=faults))
     x = jax.random.normal(jax.random.PRNGKey(0), (topo.n, 8))
     state = dsgd(0.1).init({"x": x}, None)
     keys = jax.random.split(jax.random.PRNGKey(1), topo.n)
     for t in range(steps):
-        state, _, _ = step(state, jnp.int32(t), task.data, keys, jax.random.PRNGKey(2), None)
+        state, _, _ = step(state, jnp.int32(t), task.data, keys, jax.random.PRNGKey(2))
     return np.asarray(x), np.asarray(state.params["x"])
 
 
@@ -229,7 +229,7 @@ def test_straggler_changes_only_by_mixing(quad):
     topo, lr, n = T.ring(8), 0.1, 8
     faults = Faults(straggler=0.5)
     alg = dsgd(lr)
-    step = jax.jit(build_step(quad, lambda hp: alg, topo, make_mixer(topo), 4, faults=faults))
+    step = jax.jit(build_step(quad, alg, topo, make_mixer(topo), 4, faults=faults))
     x = jax.random.normal(jax.random.PRNGKey(5), (n, 8))
     keys = jax.random.split(jax.random.PRNGKey(6), n)
     alg_key = jax.random.PRNGKey(8)
@@ -237,7 +237,7 @@ def test_straggler_changes_only_by_mixing(quad):
         {"x": x}, jax.vmap(quad.sample, in_axes=(None, 0, 0, None, None))(quad.data, keys, jnp.arange(n), 3, 4))["x"]
     working = np.asarray(straggler_mask(injector(faults, topo).uniforms(alg_key, 3)[0], 0.5))
     assert working.any() and not working.all()
-    state, _, aux = step(alg.init({"x": x}, None), jnp.int32(3), quad.data, keys, alg_key, None)
+    state, _, aux = step(alg.init({"x": x}, None), jnp.int32(3), quad.data, keys, alg_key)
     g = np.where(working[:, None], np.asarray(grads), 0.0)
     expected = topo.weights @ (np.asarray(x, np.float64) - lr * g)
     np.testing.assert_allclose(np.asarray(state.params["x"]), expected, atol=1e-5)
@@ -303,7 +303,7 @@ def test_sgp_message_drops_follow_the_reference_push_sum(quad):
     faults = Faults(message_drop=0.5, straggler=1.0)  # stragglers: zero gradients, so the step is the gossip only
     alg = simdl.algorithms.sgp(0.1, momentum=0.0)
     simdl.faults.check_algorithm(faults, alg, topo, quad)
-    step = jax.jit(build_step(quad, lambda hp: alg, topo, make_mixer(topo), 4, faults=faults))
+    step = jax.jit(build_step(quad, alg, topo, make_mixer(topo), 4, faults=faults))
     inj = injector(faults, topo)
     alive_f = jax.jit(lambda k, t: inj.gossip.alive(inj.uniforms(k, t)[1], t))
     x = np.random.default_rng(1).standard_normal((n, 8)).astype(np.float32)
@@ -314,7 +314,7 @@ def test_sgp_message_drops_follow_the_reference_push_sum(quad):
     ref = x.astype(np.float64)
     kept = 0
     for t in range(6):
-        state, _, _ = step(state, jnp.int32(t), quad.data, keys, alg_key, None)
+        state, _, _ = step(state, jnp.int32(t), quad.data, keys, alg_key)
         alive = np.asarray(alive_f(alg_key, t))
         offset = 2 ** (t % 3)  # the authors' push_sum: receive from (rank - offset) mod n
         new = np.empty_like(ref)
@@ -357,7 +357,7 @@ def test_bad_fault_specs(quad, spec, needle):
 
 
 def test_batched_runs_draw_each_seeds_faults(quad):
-    from simdl.batch import simulate_batch
+    from simdl.runtime import simulate_batch
 
     fn = lambda hp: dsgd(lambda t: hp["learning_rate"])
     hps = [{"learning_rate": 0.2}, {"learning_rate": 0.3}]

@@ -16,7 +16,7 @@ import simdl
 from simdl.algorithms import Context, d2, exact_diffusion
 from simdl.faults import Faults, faulty_gossip, injector
 from simdl.mixing import make_mixer, neighbor_difference
-from simdl.simulate import build_step
+from simdl.runtime import build_step
 
 T = simdl.topologies
 
@@ -121,13 +121,13 @@ def test_d2_link_failures_keep_the_worker_mean(quad):
 
     def run(faults):
         alg = d2(0.05)
-        step = jax.jit(build_step(quad, lambda hp: alg, topo, make_mixer(topo), 4, faults=faults))
+        step = jax.jit(build_step(quad, alg, topo, make_mixer(topo), 4, faults=faults))
         x0 = jnp.asarray(np.random.default_rng(5).standard_normal((8, 6)), jnp.float32)
         ctx0 = Context(jnp.int32(0), jax.random.PRNGKey(0), topo, lambda tr: tr, np.asarray(quad.worker_weights))
         state = alg.init({"x": x0}, ctx0)
         keys = jax.random.split(jax.random.PRNGKey(1), 8)
         for t in range(10):
-            state, _, aux = step(state, jnp.int32(t), quad.data, keys, jax.random.PRNGKey(2), None)
+            state, _, aux = step(state, jnp.int32(t), quad.data, keys, jax.random.PRNGKey(2))
         return np.asarray(state.correction["x"]), float(np.sum(aux["messages_lost"]))
 
     corr, lost = run(Faults(link_failure=0.4))

@@ -19,7 +19,7 @@ from simdl.algorithms import Algorithm, Context, dsgd
 from simdl.algorithms.base import gossip_bytes
 from simdl.faults import Faults, faulty_gossip
 from simdl.mixing import make_mixer, split_gossip_bytes, split_map, split_offsets, split_sizes
-from simdl.simulate import build_step
+from simdl.runtime import build_step
 
 T = simdl.topologies
 
@@ -221,10 +221,10 @@ def test_every_ctx_mix_algorithm_gossips_per_tree():
         return ctx.mix(state), {"lr": jnp.float32(0.0), "bytes_sent": jnp.zeros((ctx.n,), jnp.float32)}
 
     alg = Algorithm("gossip_only", lambda p, ctx: p, step, lambda s: s, lambda s: s, {})
-    run = jax.jit(build_step(quad, lambda hp: alg, topo, make_mixer(topo), 4))
+    run = jax.jit(build_step(quad, alg, topo, make_mixer(topo), 4))
     state = {"x": jnp.asarray(np.random.default_rng(3).standard_normal((8, 7)))}
     keys = jax.random.split(jax.random.PRNGKey(0), 8)
-    new, _, _ = run(state, jnp.int32(0), quad.data, keys, jax.random.PRNGKey(1), None)
+    new, _, _ = run(state, jnp.int32(0), quad.data, keys, jax.random.PRNGKey(1))
     _check(new, state, topo.tree_weights)
 
 

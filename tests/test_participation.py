@@ -13,7 +13,7 @@ import simdl
 from simdl import participation as P
 from simdl.algorithms import Algorithm, dsgd
 from simdl.mixing import make_mixer
-from simdl.simulate import build_step, init_state, per_worker_grads
+from simdl.runtime import build_step, init_state, per_worker_grads
 from simdl.systems import Clock, SystemModel
 
 T = simdl.topologies
@@ -165,8 +165,8 @@ def test_one_dsgd_step_with_an_inactive_worker_matches_numpy(quad):
     x0 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), state.params["x"].shape))
     state = state._replace(params={"x": jnp.asarray(x0, jnp.float32)})
     active = jnp.array([True, True, False, True])
-    step = jax.jit(build_step(quad, lambda hp: alg, topo, mixer, batch_size=1))
-    new, loss, aux = step(state, jnp.int32(0), quad.data, worker_keys, k_alg, None, None, active)
+    step = jax.jit(build_step(quad, alg, topo, mixer, batch_size=1))
+    new, loss, aux = step(state, jnp.int32(0), quad.data, worker_keys, k_alg, None, active)
     batch = jax.vmap(quad.sample, in_axes=(None, 0, 0, None, None))(quad.data, worker_keys, jnp.arange(n), 0, 1)
     losses, g = per_worker_grads(quad.loss)(state.params, batch)
     w = _renormalized(np.asarray(topo.weights_at(0), np.float64), np.asarray(active, float))
@@ -175,7 +175,7 @@ def test_one_dsgd_step_with_an_inactive_worker_matches_numpy(quad):
     np.testing.assert_allclose(np.asarray(new.params["x"]), expect, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(new.params["x"])[2], np.asarray(state.params["x"])[2])
     # bytes: worker 2 sends nothing; its neighbours 1 and 3 send to one of their two neighbours only
-    full = step(state, jnp.int32(0), quad.data, worker_keys, k_alg, None, None, jnp.ones(n, bool))[2]["bytes_sent"]
+    full = step(state, jnp.int32(0), quad.data, worker_keys, k_alg, None, jnp.ones(n, bool))[2]["bytes_sent"]
     np.testing.assert_allclose(np.asarray(aux["bytes_sent"]), np.asarray(full) * [1.0, 0.5, 0.0, 0.5])
     assert float(loss) == pytest.approx(float(np.mean(np.asarray(losses)[[0, 1, 3]])))
     np.testing.assert_array_equal(np.asarray(aux["active_steps"]), [1.0, 1.0, 0.0, 1.0])
@@ -311,7 +311,7 @@ def test_bad_participation_is_refused_before_compilation(quad, spec, match, monk
     def no_compile(*a, **k):
         raise AssertionError("compiled before validation")
 
-    monkeypatch.setattr(sys.modules["simdl.simulate"], "build_chunk", no_compile)
+    monkeypatch.setattr(sys.modules["simdl.runtime.loop"], "build_chunk", no_compile)
     with pytest.raises(ValueError, match=match) as err:
         simdl.simulate(quad, dsgd(0.05), T.ring(4), steps=6, batch_size=1, participation=spec)
     assert "\n" not in str(err.value)
@@ -321,7 +321,7 @@ def test_bad_participation_is_refused_before_compilation(quad, spec, match, monk
                                          ("allreduce", "averages over all workers exactly"),
                                          ("relaysgd", "tree relays")])
 def test_algorithms_the_runner_cannot_freeze_are_refused(quad, name, needle, monkeypatch):
-    monkeypatch.setattr(sys.modules["simdl.simulate"], "build_chunk", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(sys.modules["simdl.runtime.loop"], "build_chunk", lambda *a, **k: 1 / 0)
     alg = simdl.algorithms.ALGORITHMS[name](0.1)
     topo = T.chain(4) if name == "relaysgd" else T.ring(4)
     with pytest.raises(ValueError, match=needle) as err:

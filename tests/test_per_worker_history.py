@@ -3,7 +3,7 @@
 import numpy as np
 
 import simdl
-from simdl.batch import simulate_batch
+from simdl.runtime import simulate_batch
 
 
 def _task():

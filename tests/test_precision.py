@@ -14,12 +14,11 @@ import pytest
 import simdl
 from simdl.algorithms import dsgd
 from simdl.algorithms.base import Context
-from simdl.batch import simulate_batch
 from simdl.cli import main
 from simdl.metrics import consensus_distance
 from simdl.mixing import make_mixer
 from simdl.models import get_model
-from simdl.simulate import build_step, cast_floating, in_compute_dtype, per_worker_grads
+from simdl.runtime import build_step, cast_floating, in_compute_dtype, per_worker_grads, simulate_batch
 
 T = simdl.topologies
 #: Tolerances of bf16 per-worker gradients vs float32 (SmallCNN on digits at x⁰ + noise, B = 32), measured: the
@@ -78,7 +77,7 @@ def test_mixing_and_consensus_distance_are_float32_and_unchanged(digits_mlp):
     topo = T.ring(n)
     mixer = make_mixer(topo, "dense")
     alg = dsgd(lambda t: 0.0, momentum=0.9)  # a zero schedule (a float learning rate must be > 0)
-    steps = {dt: build_step(task, lambda hp: alg, topo, mixer, 16, compute_dtype=dt) for dt in ("float32", "bfloat16")}
+    steps = {dt: build_step(task, alg, topo, mixer, 16, compute_dtype=dt) for dt in ("float32", "bfloat16")}
 
     @jax.jit  # one compilation for everything (eager ops would compile one by one)
     def run(data):
@@ -87,7 +86,7 @@ def test_mixing_and_consensus_distance_are_float32_and_unchanged(digits_mlp):
         state0 = alg.init(params, Context(jnp.int32(0), key, topo, partial(mixer, step=0),
                                           np.asarray(task.worker_weights)))
         worker_keys = jax.vmap(partial(jax.random.fold_in, jax.random.PRNGKey(1)))(jnp.arange(n))
-        out = {dt: step(state0, jnp.int32(0), data, worker_keys, key, None)[:2] for dt, step in steps.items()}
+        out = {dt: step(state0, jnp.int32(0), data, worker_keys, key)[:2] for dt, step in steps.items()}
         expected = mixer(params, step=0)  # float32 mixing of the same params
         xi = {dt: consensus_distance(alg.params(state)) for dt, (state, _) in out.items()}
         return out, expected, xi, consensus_distance(expected)
@@ -252,8 +251,7 @@ def test_invalid_compute_dtype_is_refused_before_compiling(monkeypatch, bad):
     def no_compile(*a, **k):
         raise AssertionError("compiled before validating compute_dtype")
 
-    monkeypatch.setattr(sys.modules["simdl.simulate"], "build_chunk", no_compile)  # (simdl.simulate: the function)
-    monkeypatch.setattr(sys.modules["simdl.batch"], "build_chunk", no_compile)
+    monkeypatch.setattr(sys.modules["simdl.runtime.loop"], "build_chunk", no_compile)  
     monkeypatch.setattr(sys.modules["simdl.memory"], "build_step", no_compile)
     msg = re.escape(f"compute_dtype must be 'float32' or 'bfloat16', got {bad!r}")
     with pytest.raises(ValueError, match=msg):

@@ -5,8 +5,8 @@ import simdl
 
 def test_top_level_names_are_the_protocols_and_runners():
     from simdl.algorithms.base import Algorithm, Context
-    from simdl.batch import simulate_batch
     from simdl.faults import Faults
+    from simdl.runtime import simulate_batch
     from simdl.tasks.base import Task
     from simdl.topologies.base import Topology
 

@@ -38,8 +38,8 @@ def _child() -> dict:
 
     import simdl
     from simdl.algorithms.base import Context
+    from simdl.runtime import build_step
     from simdl.sharding import make_sharded_mixer, placement, worker_mesh
-    from simdl.simulate import _stack, build_step
 
     T = simdl.topologies
     A = simdl.algorithms
@@ -81,10 +81,11 @@ def _child() -> dict:
     mixer = make_sharded_mixer(topo, lay.mesh)
     key = jax.random.PRNGKey(0)
     ctx0 = Context(jnp.int32(0), key, topo, partial(mixer, step=0), np.asarray(task.worker_weights))
-    state = lay.put(alg.init(_stack(task.init_params(key), 16), ctx0))
+    params0 = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (16,) + x.shape), task.init_params(key))
+    state = lay.put(alg.init(params0, ctx0))
     keys = lay.put(jax.vmap(partial(jax.random.fold_in, key))(jnp.arange(16)))
-    step = build_step(task, lambda hp: alg, topo, mixer, 8)
-    txt = jax.jit(lambda s, t, d, k: step(s, t, d, k, key, None)).lower(
+    step = build_step(task, alg, topo, mixer, 8)
+    txt = jax.jit(lambda s, t, d, k: step(s, t, d, k, key)).lower(
         state, jnp.int32(0), lay.replicate(task.data), keys).compile().as_text()
     report["hlo_dsgd_step"] = _collectives(txt)
 

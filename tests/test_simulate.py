@@ -130,7 +130,7 @@ def test_unknown_execution_is_refused_before_compiling(quad):
 
 def test_blow_up_without_nan_is_marked_diverged():
     """Loss and consensus distance growing 1e3x over their first values ends the run as diverged at that step."""
-    from simdl.batch import simulate_batch
+    from simdl.runtime import simulate_batch
 
     task = simdl.tasks.random_quadratics(n_workers=4, dim=5, zeta2=1.0, seed=0)
     topo = simdl.topologies.ring(4)

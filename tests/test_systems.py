@@ -246,7 +246,7 @@ def test_bad_input_is_refused_before_compilation(kw, match, monkeypatch):
     def no_compile(*a, **k):
         raise AssertionError("compiled before validation")
 
-    monkeypatch.setattr(sys.modules["simdl.simulate"], "build_chunk", no_compile)
+    monkeypatch.setattr(sys.modules["simdl.runtime.loop"], "build_chunk", no_compile)
     with pytest.raises(ValueError, match=match) as err:
         simdl.simulate(quad(4), alg("dsgd"), simdl.topologies.ring(4), steps=4, batch_size=1, system=SystemModel(**kw))
     assert "\n" not in str(err.value)

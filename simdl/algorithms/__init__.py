@@ -12,6 +12,7 @@ from simdl.algorithms.d2 import d2, exact_diffusion
 from simdl.algorithms.dynamic import dynamic_averaging
 from simdl.algorithms.federated import fedavg, fedprox, scaffold
 from simdl.algorithms.gossip import cdmsgd, cdsgd, dpsgd, dsgd
+from simdl.algorithms.inject import InjectHyperparamsState, inject_hyperparams
 from simdl.algorithms.local import local_optimizer
 from simdl.algorithms.qgm import qg_adam, qg_dsgdm
 from simdl.algorithms.relay import relaysgd, relaysum_grad, relaysum_mix
@@ -59,4 +60,5 @@ def get(name: str, **kwargs) -> Algorithm:
         raise ValueError(f"bad hyperparameters for {name}: {e}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "Context", "get", "local_optimizer", *ALGORITHMS]
+__all__ = ["ALGORITHMS", "Algorithm", "Context", "InjectHyperparamsState", "get", "inject_hyperparams",
+           "local_optimizer", *ALGORITHMS]

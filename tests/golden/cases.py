@@ -114,7 +114,7 @@ def batched_case():
 
         from simdl.algorithms import dsgd
 
-        results = importlib.import_module("simdl.batch").simulate_batch(
+        results = importlib.import_module("simdl").simulate_batch(
             [_digits()] * 4, lambda hp: dsgd(lambda t: hp["learning_rate"]),
             [{"learning_rate": lr} for _, lr in points], T.ring(8), steps=STEPS, batch_size=16, eval_every=EVAL,
             seeds=[s for s, _ in points])
