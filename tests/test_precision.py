@@ -251,7 +251,7 @@ def test_invalid_compute_dtype_is_refused_before_compiling(monkeypatch, bad):
     def no_compile(*a, **k):
         raise AssertionError("compiled before validating compute_dtype")
 
-    monkeypatch.setattr(sys.modules["simdl.runtime.loop"], "build_chunk", no_compile)  
+    monkeypatch.setattr(sys.modules["simdl.runtime.loop"], "build_chunk", no_compile)
     monkeypatch.setattr(sys.modules["simdl.memory"], "build_step", no_compile)
     msg = re.escape(f"compute_dtype must be 'float32' or 'bfloat16', got {bad!r}")
     with pytest.raises(ValueError, match=msg):
