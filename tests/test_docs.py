@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # page (docs/api/<page>.md) -> module whose public API it documents
 PAGES = {name: f"simdl.{name}" for name in ("algorithms", "topologies", "mixing", "tasks", "data", "models",
-                                            "faults", "participation", "systems", "recipes", "memory", "compression")}
+                                            "faults", "participation", "systems", "recipes", "memory", "compression",
+                                            "runtime")}
 TOP_LEVEL = ("simulate", "simulate_batch", "Algorithm", "Context", "Task", "Topology", "Faults")
 
 

@@ -396,12 +396,24 @@ def simulate_batch(
         ``lambda t: hp["learning_rate"]``).
       hparams: R dicts with the same keys (numbers; may be empty).
       topology: shared topology.
-      steps, batch_size, eval_every, mixing, worker_batch, execution, compute_dtype, faults, system, participation,
-        progress, devices, checkpoint_dir, checkpoint_every, resume, hooks: as in :func:`simulate`, shared by all
-        runs. Each run draws its own fault masks, participation masks and compute times from its seed (unless
-        ``system.seed`` is set: then all runs see the same compute times); weighted client sampling needs equal
-        ``worker_weights`` in every task. With ``devices`` the worker axis (axis 1, after the run axis) is sharded.
-        A checkpoint holds all R runs; resuming checks each run's fingerprint.
+      steps: as in :func:`simulate`, shared by all runs.
+      batch_size: as in :func:`simulate`, shared by all runs.
+      eval_every: as in :func:`simulate`, shared by all runs.
+      mixing: as in :func:`simulate`, shared by all runs.
+      worker_batch: as in :func:`simulate`, shared by all runs.
+      execution: as in :func:`simulate`, shared by all runs.
+      compute_dtype: as in :func:`simulate`, shared by all runs.
+      faults: as in :func:`simulate`; each run draws its own masks from its seed.
+      system: as in :func:`simulate`; each run draws its own compute times from its seed unless ``system.seed`` is
+        set (then all runs see the same draws).
+      participation: as in :func:`simulate`; each run draws its own masks from its seed (weighted client sampling
+        needs equal ``worker_weights`` in every task).
+      progress: as in :func:`simulate`.
+      devices: as in :func:`simulate`; the worker axis (axis 1, after the run axis) is sharded.
+      checkpoint_dir: as in :func:`simulate`; a checkpoint holds all R runs.
+      checkpoint_every: as in :func:`simulate`.
+      resume: as in :func:`simulate`; each run's fingerprint is checked.
+      hooks: as in :func:`simulate`.
       seeds: R seeds (default ``0, 1, ...``).
       callback: called after each evaluation with ``(step, rows)``, one row per run (None once a run diverged).
 
